@@ -1,0 +1,65 @@
+"""lightning_online: train neural surrogates of PDE solvers online with PyTorch Lightning.
+
+Solver runs are launched as MPI processes with parameters drawn from a sampler; each run streams its
+time steps into a bounded buffer on the training process, and ``OnlineDataModule`` feeds batches
+from that buffer to an unchanged LightningModule.
+
+The heavy parts (torch, Lightning) load on first use, so that the solver processes, which import
+this package too, start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "ParameterSpace": "lightning_online.sampling",
+    "Sampler": "lightning_online.sampling",
+    "Uniform": "lightning_online.sampling",
+    "Halton": "lightning_online.sampling",
+    "LatinHypercube": "lightning_online.sampling",
+    "Buffer": "lightning_online.buffers",
+    "FIFO": "lightning_online.buffers",
+    "FIRO": "lightning_online.buffers",
+    "Reservoir": "lightning_online.buffers",
+    "OnlineDataModule": "lightning_online.data",
+    "Solver": "lightning_online.data",
+    "StudyError": "lightning_online._study",
+}
+
+__all__ = [
+    "FIFO",
+    "FIRO",
+    "Buffer",
+    "Halton",
+    "LatinHypercube",
+    "OnlineDataModule",
+    "ParameterSpace",
+    "Reservoir",
+    "Sampler",
+    "Solver",
+    "StudyError",
+    "Uniform",
+]
+
+if TYPE_CHECKING:
+    from lightning_online._study import StudyError
+    from lightning_online.buffers import FIFO, FIRO, Buffer, Reservoir
+    from lightning_online.data import OnlineDataModule, Solver
+    from lightning_online.sampling import Halton, LatinHypercube, ParameterSpace, Sampler, Uniform
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lightning_online' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -1,0 +1,151 @@
+"""The solver's sandbox: a plain (non-MPI) process that runs solver calls for one MPI worker.
+
+Why a separate process: with the mpich wheel, an MPI process that dies without ``MPI_Finalize``
+(segfault, signal, ``os._exit``) makes the process manager kill the whole job, trainer included.
+Solver code therefore never runs inside an MPI process; the worker (``_worker.py``) starts this
+process, feeds it parameters over a pipe and relays what it yields. If the solver crashes, only this
+process dies and the worker reports how it ended.
+
+Pipe protocol, both directions: frames of ``<u8 length><1 byte kind><payload>``.
+worker -> runner: ``P`` pickled solver (first frame), ``T`` task (float64 [sim_id, *theta]).
+runner -> worker: ``S`` sample (wire blob, see ``_wire``), ``D`` run done (int64 n_steps),
+``E`` run failed (UTF-8 reason).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import sys
+import traceback
+from typing import BinaryIO
+
+import numpy as np
+
+from lightning_online._wire import encode_sample
+
+_LEN = struct.Struct("<QB")
+
+
+def write_frame(out: BinaryIO, kind: bytes, payload: bytes | memoryview | np.ndarray) -> None:
+    data = memoryview(payload).cast("B") if not isinstance(payload, bytes) else payload
+    out.write(_LEN.pack(len(data), kind[0]))
+    out.write(data)
+    out.flush()
+
+
+def read_exact(inp: BinaryIO, n: int) -> bytearray | None:
+    """Read exactly n bytes, or None at end of file (the other side died or closed the pipe)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = inp.readinto(view[got:])  # type: ignore[attr-defined]
+        if not k:
+            return None
+        got += k
+    return buf
+
+
+def read_frame(inp: BinaryIO) -> tuple[bytes, bytearray] | None:
+    head = read_exact(inp, _LEN.size)
+    if head is None:
+        return None
+    length, kind = _LEN.unpack(head)
+    payload = read_exact(inp, length) if length else bytearray()
+    if payload is None:
+        return None
+    return bytes([kind]), payload
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process if its worker dies, so no solver is ever orphaned."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:  # pragma: no cover - best effort
+            pass
+
+
+def _as_fields(item: object, step: int) -> tuple[np.ndarray, ...]:
+    if isinstance(item, np.ndarray):
+        item = (item,)
+    if not isinstance(item, tuple | list):
+        raise TypeError(
+            f"step {step}: the solver yielded a {type(item).__name__}; "
+            "yield a tuple of numpy arrays per time step, e.g. (x, y)"
+        )
+    return tuple(np.asarray(a) for a in item)
+
+
+def _check(fields: tuple[np.ndarray, ...], step: int, first: list[tuple] | None) -> str | None:
+    """Reason to reject this step, or None. Checks finiteness and agreement with step 0."""
+    for i, a in enumerate(fields):
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            return f"step {step}: field {i} contains NaN or Inf"
+    sig = [(a.dtype.str, a.shape) for a in fields]
+    if first is not None and sig != first:
+        return f"step {step}: fields {sig} differ from the first step's {first} (dtype or shape)"
+    return None
+
+
+def run(inp: BinaryIO, out: BinaryIO) -> None:
+    frame = read_frame(inp)
+    if frame is None or frame[0] != b"P":
+        return
+    import cloudpickle
+
+    solver = cloudpickle.loads(bytes(frame[1]))
+    while True:
+        frame = read_frame(inp)
+        if frame is None or frame[0] != b"T":
+            return
+        task = np.frombuffer(frame[1], dtype=np.float64)
+        sim_id, theta = int(task[0]), task[1:].copy()
+        n_steps = 0
+        first: list[tuple] | None = None
+        try:
+            gen = solver(theta)
+            for step, item in enumerate(gen):
+                fields = _as_fields(item, step)
+                reason = _check(fields, step, first)
+                if reason is not None:
+                    if hasattr(gen, "close"):
+                        gen.close()
+                    write_frame(out, b"E", reason.encode())
+                    break
+                if first is None:
+                    first = [(a.dtype.str, a.shape) for a in fields]
+                write_frame(out, b"S", encode_sample(sim_id, step, fields))
+                n_steps += 1
+            else:
+                if n_steps == 0:
+                    write_frame(out, b"E", b"the solver yielded no time step")
+                else:
+                    write_frame(out, b"D", struct.pack("<q", n_steps))
+        except Exception as exc:
+            tb = traceback.format_exc(limit=-4)
+            write_frame(out, b"E", f"{type(exc).__name__}: {exc}\n{tb}".encode("utf-8", "replace"))
+
+
+def main() -> None:
+    _die_with_parent()
+    read_fd, write_fd = int(sys.argv[1]), int(sys.argv[2])
+    with os.fdopen(read_fd, "rb", buffering=0) as inp, os.fdopen(write_fd, "wb") as out:
+        try:
+            run(inp, out)  # type: ignore[arg-type]
+        except BrokenPipeError:  # the worker went away: nothing left to report to
+            pass
+        finally:
+            try:
+                out.flush()
+            except BrokenPipeError:
+                pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""The bookkeeping of an online study on one training rank, and the per-step agreement between ranks.
+
+Two threads meet here. The receiver thread (``_transport``) asks for the next run to launch, hands
+over samples and reports how runs ended. The training thread calls :meth:`Study.sync` once per
+batch: every rank contributes a short vector of counters, all ranks gather the same matrix and
+derive the same decisions from it, so no rank ever needs a broadcast and no rank can disagree:
+
+* *launch permits*: the budget ``n_simulations`` is a global pool of permits. A permit becomes a
+  running run, a running run becomes a completed run or (on failure) a permit again. Grants are
+  computed from the gathered sum, which these transitions never change, so the budget is met
+  exactly, and runs go to the ranks that have free workers (slow ranks get fewer runs);
+* *parameters*: every rank draws the same parameters from identical sampler states and keeps its
+  slice, so sampler state stays identical on every rank without communication;
+* *whether to serve a batch and when to stop*: all ranks serve together and stop together, which
+  makes the classic hang of iterable datasets under DDP (ranks yielding different numbers of
+  batches) impossible.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from lightning_online._dist import Group
+from lightning_online._wire import Sample, decode_sample, describe
+from lightning_online.buffers import Buffer
+from lightning_online.sampling import ParameterSpace, Sampler
+
+log = logging.getLogger("lightning_online")
+
+__all__ = ["Decision", "Run", "Study", "StudyError"]
+
+
+class StudyError(RuntimeError):
+    """The study cannot go on (too many failed runs, a worker failure); the message says why."""
+
+
+@dataclass
+class Run:
+    """One launch of the solver: its parameters and how it ended."""
+
+    sim_id: int
+    theta: np.ndarray
+    attempt: int
+    rank: int
+    status: str = "running"  # running | completed | failed | stopped
+    n_steps: int = 0
+    reason: str = ""
+    launched_at: float = field(default_factory=time.time)
+    validation: bool = False
+
+
+class Decision(NamedTuple):
+    serve: bool
+    finish: bool
+    stats: dict[str, float]
+
+
+# Columns of the per-rank vector gathered at every sync.
+_COLS = (
+    "completed",
+    "running",
+    "permits",
+    "pending",
+    "retry",
+    "failed",
+    "launched",
+    "samples_received",
+    "samples_rejected",
+    "samples_served",
+    "samples_replayed",
+    "ready",
+    "exhausted",
+    "has_last",
+    "buffer_size",
+    "error",
+)
+_C = {name: i for i, name in enumerate(_COLS)}
+
+
+class Study:
+    def __init__(
+        self,
+        *,
+        space: ParameterSpace,
+        sampler: Sampler,
+        buffer: Buffer,
+        n_simulations: int,
+        n_workers: int,
+        batch_size: int,
+        max_retries: int,
+        max_failed_fraction: float,
+        group: Group,
+    ) -> None:
+        self.space = space
+        self.sampler = sampler
+        self.buffer = buffer
+        self.n_simulations = n_simulations
+        self.n_workers = n_workers
+        self.batch_size = batch_size
+        self.max_retries = max_retries
+        self.max_failed_fraction = max_failed_fraction
+        self.group = group
+        self.pool: Any = None  # set by the DataModule once workers are up
+
+        self._lock = threading.Lock()
+        self.runs: dict[int, Run] = {}
+        self._pending: deque[np.ndarray] = deque()
+        self._retry: deque[tuple[np.ndarray, int]] = deque()
+        self._val_queue: deque[tuple[int, np.ndarray]] = deque()
+        self.val_samples: dict[int, list[tuple[np.ndarray, ...]]] = {}
+        self._next_local = 0
+        self.permits = 0
+        self.running = 0
+        self.completed = 0
+        self.failed = 0
+        self.launched = 0
+        self.received = 0
+        self.rejected = 0
+        self.served = 0
+        self.replayed = 0
+        self.signature: tuple[int, ...] | None = None
+        self._rejected_sims: dict[int, str] = {}
+        self.failures: list[Run] = []
+        self._last: list[Sample] = []
+        self.batch_info: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        self.stats: dict[str, float] = {}
+        self.complete = False
+
+    # ------------------------------------------------------------------ receiver thread
+    def next_task(self) -> tuple[int, np.ndarray] | None:
+        with self._lock:
+            if self._val_queue:
+                sim_id, theta = self._val_queue.popleft()
+                self.runs[sim_id] = Run(sim_id, theta, 0, self.group.rank, validation=True)
+                self.running += 1
+                return sim_id, theta
+            if self.permits <= 0:
+                return None
+            if self._retry:
+                theta, attempt = self._retry.popleft()
+            elif self._pending:
+                theta, attempt = self._pending.popleft(), 0
+            else:
+                return None
+            sim_id = self.group.rank + self.group.size * self._next_local
+            self._next_local += 1
+            self.permits -= 1
+            self.running += 1
+            self.launched += 1
+            self.runs[sim_id] = Run(sim_id, theta, attempt, self.group.rank)
+            return sim_id, theta
+
+    def has_room(self) -> bool:
+        return self.buffer.has_room()
+
+    def on_sample(self, blob: np.ndarray) -> None:
+        sample = decode_sample(blob)
+        run = self.runs.get(sample.sim_id)
+        if run is None or sample.sim_id in self._rejected_sims or run.status != "running":
+            with self._lock:
+                self.rejected += 1
+            return
+        if run.validation:
+            self.val_samples.setdefault(sample.sim_id, []).append(sample.fields)
+            return
+        if self.signature is None:
+            self.signature = sample.signature
+        elif sample.signature != self.signature:
+            reason = (
+                f"step {sample.step} yielded {describe(sample.signature)}, but the study's "
+                f"samples are {describe(self.signature)} (shape or dtype changed)"
+            )
+            with self._lock:
+                self._rejected_sims[sample.sim_id] = reason
+                self.rejected += 1
+            return
+        self.buffer.put(sample)
+        with self._lock:
+            self.received += 1
+
+    def on_end(self, sim_id: int, ok: bool, n_steps: int, seconds: float, reason: str) -> None:
+        with self._lock:
+            run = self.runs[sim_id]
+            self.running -= 1
+            if sim_id in self._rejected_sims:
+                ok, reason = False, self._rejected_sims.pop(sim_id)
+            run.n_steps = n_steps
+            if run.validation:
+                run.status, run.reason = ("completed" if ok else "failed"), reason
+                return
+            if ok:
+                run.status = "completed"
+                self.completed += 1
+                return
+            run.status, run.reason = "failed", reason
+            self.failed += 1
+            self.failures.append(run)
+            # The failed run gives its permit back: it is retried, or its parameters redrawn.
+            self.permits += 1
+            retry = run.attempt < self.max_retries
+            if retry:
+                self._retry.append((run.theta, run.attempt + 1))
+        log.warning(
+            "solver run %d failed (attempt %d, theta=%s) after %d steps: %s -> %s",
+            sim_id,
+            run.attempt + 1,
+            np.array2string(run.theta, precision=6),
+            n_steps,
+            reason.strip().splitlines()[0] if reason.strip() else "no reason given",
+            "retrying" if retry else "redrawing its parameters",
+        )
+
+    # ------------------------------------------------------------------ training thread
+    def _snapshot(self, error: bool) -> np.ndarray:
+        b, n = self.buffer, self.batch_size
+        with self._lock:
+            ready = b.ready(min(n, b.capacity))
+            return np.array(
+                [
+                    self.completed,
+                    self.running,
+                    self.permits,
+                    len(self._pending),
+                    len(self._retry),
+                    self.failed,
+                    self.launched,
+                    self.received,
+                    self.rejected,
+                    self.served,
+                    self.replayed,
+                    ready,
+                    b.exhausted,
+                    bool(self._last),
+                    len(b),
+                    error,
+                ],
+                dtype=np.int64,
+            )
+
+    def _gather(self, error: bool) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        m = self.group.all_gather(self._snapshot(error))
+        col = {name: m[:, i] for name, i in _C.items()}
+        tot = {name: int(v.sum()) for name, v in col.items()}
+        self.stats = {
+            "launched": tot["launched"],
+            "completed": tot["completed"],
+            "failed": tot["failed"],
+            "running": tot["running"],
+            "samples_received": tot["samples_received"],
+            "samples_rejected": tot["samples_rejected"],
+            "samples_served": tot["samples_served"],
+            "samples_replayed": tot["samples_replayed"],
+            "buffer_fill": float(col["buffer_size"].sum())
+            / float(self.buffer.capacity * self.group.size),
+        }
+        return col, tot
+
+    def gather_stats(self) -> dict[str, float]:
+        """Study-wide counters, without any decision (collective: every rank calls it)."""
+        self._gather(False)
+        return self.stats
+
+    def sync(self, error: bool = False) -> Decision:
+        """One agreement round between all ranks (a single all-gather of a few integers)."""
+        col, tot = self._gather(error)
+        if tot["error"]:
+            raise StudyError(
+                "the solver workers failed on rank(s) "
+                f"{np.flatnonzero(col['error']).tolist()}; see the log of those ranks"
+            )
+        self._check_failures(tot)
+
+        # Grants: the permits not yet handed out go to the ranks with free worker slots, the
+        # ranks with the fewest runs first, up to two runs' worth per worker so that a worker
+        # that finishes finds its next run waiting.
+        held = col["completed"] + col["running"] + col["permits"]
+        remaining = self.n_simulations - int(held.sum())
+        grants = np.zeros(self.group.size, dtype=np.int64)
+        for r in np.argsort(held, kind="stable"):
+            room = 2 * self.n_workers - col["running"][r] - col["permits"][r]
+            grants[r] = max(0, min(int(room), remaining))
+            remaining -= int(grants[r])
+        want = np.maximum(0, col["permits"] + grants - col["pending"] - col["retry"])
+        mine = np.zeros((0, self.space.dim))
+        if want.sum() > 0:
+            thetas = self.sampler.draw(self.space, int(want.sum()))
+            start = int(want[: self.group.rank].sum())
+            mine = thetas[start : start + int(want[self.group.rank])]
+        complete = tot["completed"] >= self.n_simulations
+        me = self.group.rank
+        with self._lock:
+            self.permits += int(grants[me])
+            self._pending.extend(mine)
+        if complete and not self.complete:
+            self.complete = True
+            self.buffer.close()
+        # A rank that holds no run and no permit once every permit is out will never receive
+        # again: let it drain what it has instead of waiting for a watermark it cannot reach.
+        starved = (
+            not complete
+            and remaining == 0
+            and not col["ready"][me]
+            and col["running"][me] == 0
+            and col["permits"][me] + grants[me] == 0
+        )
+        if starved and not self.buffer.closed:
+            self.buffer.close()
+        if self.pool is not None and (grants[me] or len(mine)):
+            self.pool.wake()
+
+        exhausted, has_last = col["exhausted"].astype(bool), col["has_last"].astype(bool)
+        can_serve = col["ready"].astype(bool) | (exhausted & has_last)
+        finish = bool((complete and exhausted.all()) or (exhausted & ~has_last).any())
+        serve = bool(can_serve.all()) and not finish
+        return Decision(serve, finish, self.stats)
+
+    def _check_failures(self, tot: dict[str, int]) -> None:
+        failed, launched = tot["failed"], max(1, tot["launched"])
+        if failed >= 3 and failed > self.max_failed_fraction * launched:
+            lines = [
+                f"  run {r.sim_id} (attempt {r.attempt + 1}) theta={np.array2string(r.theta, precision=6)}: "
+                + (r.reason.strip().splitlines()[0] if r.reason.strip() else "no reason")
+                for r in self.failures[-20:]
+            ]
+            raise StudyError(
+                f"{failed} of {tot['launched']} solver runs failed, more than "
+                f"max_failed_fraction={self.max_failed_fraction:g}; the study stops. Failures on "
+                f"rank {self.group.rank} (most recent last):\n" + "\n".join(lines)
+            )
+
+    def take(self) -> list[Sample]:
+        """The batch this rank serves after a ``serve`` decision."""
+        items = self.buffer.get(min(self.batch_size, self.buffer.capacity))
+        with self._lock:
+            if items:
+                self._last = items
+                self.served += len(items)
+            else:  # exhausted while others still serve: repeat the last batch (documented)
+                items = self._last
+                self.replayed += len(items)
+        self.batch_info.append(
+            (
+                np.fromiter((s.sim_id for s in items), dtype=np.int64, count=len(items)),
+                np.fromiter((s.step for s in items), dtype=np.int64, count=len(items)),
+            )
+        )
+        return items
+
+    # ------------------------------------------------------------------ validation runs
+    def queue_validation(self, thetas: np.ndarray) -> list[int]:
+        """Queue the validation runs of this rank (index i goes to rank i % size)."""
+        ids = []
+        with self._lock:
+            for i in range(self.group.rank, len(thetas), self.group.size):
+                sim_id = -(i + 1)
+                self._val_queue.append((sim_id, np.asarray(thetas[i], dtype=np.float64)))
+                ids.append(sim_id)
+        return ids
+
+    def requeue_validation(self, sim_id: int) -> None:
+        with self._lock:
+            run = self.runs.pop(sim_id)
+            self.val_samples.pop(sim_id, None)
+            self._val_queue.append((sim_id, run.theta))
+
+    def launched_parameters(self) -> list[tuple[float, np.ndarray]]:
+        with self._lock:
+            return [(r.launched_at, r.theta) for r in self.runs.values() if not r.validation]

@@ -1,0 +1,223 @@
+"""Trainer side of the transport: spawn MPI workers, hand them runs, receive what they stream.
+
+Runs on every training rank. One background thread (the *receiver*) makes every MPI call of the
+training process, so the rest of the package never touches MPI and DataLoader processes never fork
+an MPI process. It polls with ``Iprobe`` and a short sleep rather than a blocking ``Recv`` (which
+would busy-spin a core), and it stops receiving samples while the buffer has no room, so workers
+block in ``Ssend`` (backpressure) instead of the training process's memory growing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from lightning_online._wire import decode_end
+from lightning_online._worker import (
+    TAG_BYE,
+    TAG_END,
+    TAG_FATAL,
+    TAG_SAMPLE,
+    TAG_STOP,
+    TAG_TASK,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PoolHandler", "WorkerPool"]
+
+
+class PoolHandler(Protocol):
+    """What the pool asks of the study; every method is called from the receiver thread."""
+
+    def next_task(self) -> tuple[int, np.ndarray] | None: ...
+
+    def has_room(self) -> bool: ...
+
+    def on_sample(self, blob: np.ndarray) -> None: ...
+
+    def on_end(self, sim_id: int, ok: bool, n_steps: int, seconds: float, reason: str) -> None: ...
+
+
+_live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    # Last line of defence (an exception that bypassed teardown): never leave workers behind.
+    for pool in list(_live_pools):
+        pool.stop(timeout=10.0)
+
+
+class WorkerPool:
+    """``n_workers`` spawned MPI workers and the receiver thread that drives them."""
+
+    def __init__(
+        self,
+        solver: bytes,
+        n_workers: int,
+        handler: PoolHandler,
+        *,
+        run_timeout: float | None = None,
+        poll_interval: float = 1e-3,
+        name: str = "lightning-online-receiver",
+    ) -> None:
+        self.solver = solver
+        self.n_workers = n_workers
+        self.handler = handler
+        self.run_timeout = run_timeout
+        self.poll_interval = poll_interval
+        self.error: BaseException | None = None
+        self.busy = 0
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._wake = threading.Event()
+
+    # -- called from the training thread -------------------------------------------------------
+    def start(self, timeout: float = 120.0) -> None:
+        _live_pools.add(self)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise TimeoutError(f"spawning {self.n_workers} MPI workers took more than {timeout} s")
+        if self.error is not None:
+            raise RuntimeError("could not start the solver workers") from self.error
+
+    def wake(self) -> None:
+        """New work may be available: skip the current idle sleep."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every worker (ending runs in flight) and wait for the receiver thread to exit."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("the solver workers did not stop within %.0f s", timeout)
+        _live_pools.discard(self)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- receiver thread -----------------------------------------------------------------------
+    def _spawn(self):  # type: ignore[no-untyped-def]
+        from mpi4py import MPI
+
+        # The worker must import this package even when it is not installed (a source checkout).
+        root = str(Path(__file__).resolve().parent.parent)
+        code = f"import sys; sys.path.insert(0, {root!r}); from lightning_online._worker import main; main()"
+        info = MPI.Info.Create()
+        info.Set("wdir", os.getcwd())
+        comm = MPI.COMM_SELF.Spawn(sys.executable, ["-c", code], maxprocs=self.n_workers, info=info)
+        info.Free()
+        python_path = [root, *[p for p in sys.path if p]]
+        config = {
+            "solver": self.solver,
+            "python_path": python_path,
+            "run_timeout": self.run_timeout,
+            "poll_interval": self.poll_interval,
+        }
+        comm.bcast(config, root=MPI.ROOT)
+        return MPI, comm
+
+    def _main(self) -> None:
+        try:
+            MPI, comm = self._spawn()
+        except BaseException as exc:
+            self.error = exc
+            self._started.set()
+            return
+        self._started.set()
+        try:
+            self._loop(MPI, comm)
+        except BaseException as exc:
+            log.exception("the receiver thread failed")
+            self.error = exc
+        finally:
+            self._shutdown(MPI, comm)
+
+    def _loop(self, MPI, comm) -> None:  # type: ignore[no-untyped-def]
+        handler = self.handler
+        status = MPI.Status()
+        idle_workers = list(range(self.n_workers))
+        running: dict[int, int] = {}  # worker -> sim_id
+        idle_polls = 0
+        while not self._stop.is_set():
+            while idle_workers:
+                task = handler.next_task()
+                if task is None:
+                    break
+                worker = idle_workers.pop()
+                sim_id, theta = task
+                msg = np.concatenate(([float(sim_id)], np.asarray(theta, dtype=np.float64)))
+                comm.Send([msg, MPI.DOUBLE], dest=worker, tag=TAG_TASK)
+                running[worker] = sim_id
+            self.busy = len(running)
+            got = 0
+            while got < 64 and not self._stop.is_set():
+                if handler.has_room():
+                    found = comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+                else:  # no room: only run reports, which free workers but add no sample
+                    found = comm.Iprobe(MPI.ANY_SOURCE, TAG_END, status) or comm.Iprobe(
+                        MPI.ANY_SOURCE, TAG_FATAL, status
+                    )
+                if not found:
+                    break
+                got += 1
+                source, tag = status.Get_source(), status.Get_tag()
+                buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+                comm.Recv([buf, MPI.BYTE], source=source, tag=tag)
+                if tag == TAG_SAMPLE:
+                    handler.on_sample(buf)
+                elif tag == TAG_END:
+                    running.pop(source, None)
+                    idle_workers.append(source)
+                    handler.on_end(*decode_end(buf))
+                elif tag == TAG_FATAL:
+                    raise RuntimeError(
+                        f"solver worker {source} failed:\n{bytes(buf).decode(errors='replace')}"
+                    )
+            if got:
+                idle_polls = 0
+            else:
+                idle_polls += 1
+                # Back off when nothing happens for a while (e.g. a full buffer): a 1 ms poll
+                # costs little, a 10 ms poll almost nothing.
+                self._wake.wait(self.poll_interval if idle_polls < 200 else 10 * self.poll_interval)
+                self._wake.clear()
+
+    def _shutdown(self, MPI, comm, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+        """STOP every worker, discard what they still send, wait for their BYE, disconnect."""
+        try:
+            for w in range(self.n_workers):
+                comm.Send([np.zeros(0, np.uint8), MPI.BYTE], dest=w, tag=TAG_STOP)
+            pending = set(range(self.n_workers))
+            status = MPI.Status()
+            deadline = time.monotonic() + timeout
+            while pending and time.monotonic() < deadline:
+                if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+                    time.sleep(self.poll_interval)
+                    continue
+                buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+                comm.Recv([buf, MPI.BYTE], source=status.Get_source(), tag=status.Get_tag())
+                if status.Get_tag() == TAG_BYE:
+                    pending.discard(status.Get_source())
+            if pending:
+                log.error("solver workers %s did not answer STOP; abandoning them", sorted(pending))
+                return
+            comm.Disconnect()
+        except BaseException:  # pragma: no cover - best effort at exit
+            log.exception("error while stopping the solver workers")
+        finally:
+            self.busy = 0

@@ -1,0 +1,161 @@
+"""Wire format of one training sample: a fixed int64 header, then the raw array bytes.
+
+No pickles on the data path: a sample is encoded once in the solver's process, forwarded as an
+opaque byte buffer by the MPI worker, and decoded on the training rank into zero-copy numpy views
+of the received buffer. The header is checked (magic number, field count, dtype codes, sizes) so a
+corrupted or foreign message fails loudly instead of being misread.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "DTYPES",
+    "MAX_DIMS",
+    "MAX_FIELDS",
+    "Sample",
+    "decode_end",
+    "decode_sample",
+    "encode_end",
+    "encode_sample",
+    "signature",
+]
+
+MAGIC = 0x4C4F4E4C  # "LONL"
+MAX_DIMS = 8
+MAX_FIELDS = 16
+_HEAD = 4  # magic, sim_id, step, n_fields
+_FIELD = 2 + MAX_DIMS  # dtype code, ndim, shape[MAX_DIMS]
+
+# Fixed codes rather than dtype strings: the header stays int64-only and checkable.
+DTYPES: tuple[np.dtype, ...] = tuple(
+    np.dtype(t)
+    for t in (
+        "float32",
+        "float64",
+        "float16",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "bool",
+        "complex64",
+        "complex128",
+    )
+)
+_CODE = {dt: i for i, dt in enumerate(DTYPES)}
+
+
+class Sample(NamedTuple):
+    """One decoded time step of one simulation."""
+
+    sim_id: int
+    step: int
+    fields: tuple[np.ndarray, ...]
+    signature: tuple[int, ...]
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def encode_sample(sim_id: int, step: int, fields: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Pack arrays into one contiguous uint8 buffer (a single copy of the data).
+
+    Raises ``TypeError``/``ValueError`` for what the wire cannot carry (object arrays, too many
+    dimensions or fields), with a message meant for the author of the solver.
+    """
+    if not 1 <= len(fields) <= MAX_FIELDS:
+        raise ValueError(f"a sample must have between 1 and {MAX_FIELDS} arrays, got {len(fields)}")
+    header = np.zeros(_HEAD + _FIELD * len(fields), dtype=np.int64)
+    header[:_HEAD] = (MAGIC, sim_id, step, len(fields))
+    arrays = [np.ascontiguousarray(a) for a in fields]
+    arrays = [a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("=")) for a in arrays]
+    sizes = []
+    for i, a in enumerate(arrays):
+        code = _CODE.get(a.dtype)
+        if code is None:
+            raise TypeError(
+                f"field {i} has dtype {a.dtype}, which cannot be streamed; "
+                f"use one of {[str(d) for d in DTYPES]}"
+            )
+        if a.ndim > MAX_DIMS:
+            raise ValueError(f"field {i} has {a.ndim} dimensions; at most {MAX_DIMS} are supported")
+        off = _HEAD + _FIELD * i
+        header[off] = code
+        header[off + 1] = a.ndim
+        header[off + 2 : off + 2 + a.ndim] = a.shape
+        sizes.append(a.nbytes)
+    total = header.nbytes + sum(_pad8(s) for s in sizes)
+    buf = np.empty(total, dtype=np.uint8)
+    buf[: header.nbytes] = header.view(np.uint8)
+    pos = header.nbytes
+    for a, size in zip(arrays, sizes, strict=True):
+        buf[pos : pos + size] = a.reshape(-1).view(np.uint8)
+        pos += _pad8(size)
+    return buf
+
+
+def decode_sample(buf: np.ndarray) -> Sample:
+    """Decode a buffer made by :func:`encode_sample`; the arrays are views into ``buf``."""
+    if buf.nbytes < 8 * _HEAD:
+        raise ValueError(f"sample message too short ({buf.nbytes} bytes)")
+    head = np.frombuffer(buf, dtype=np.int64, count=_HEAD)
+    if head[0] != MAGIC:
+        raise ValueError("sample message has a bad magic number (not a lightning_online sample)")
+    n_fields = int(head[3])
+    if not 1 <= n_fields <= MAX_FIELDS:
+        raise ValueError(f"sample message announces {n_fields} fields")
+    header = np.frombuffer(buf, dtype=np.int64, count=_HEAD + _FIELD * n_fields)
+    pos = header.nbytes
+    fields = []
+    for i in range(n_fields):
+        off = _HEAD + _FIELD * i
+        code, ndim = int(header[off]), int(header[off + 1])
+        if not 0 <= code < len(DTYPES) or not 0 <= ndim <= MAX_DIMS:
+            raise ValueError(f"sample message field {i} has a bad header ({code=}, {ndim=})")
+        dtype = DTYPES[code]
+        shape = tuple(int(s) for s in header[off + 2 : off + 2 + ndim])
+        count = int(np.prod(shape, dtype=np.int64))
+        if pos + count * dtype.itemsize > buf.nbytes:
+            raise ValueError(f"sample message field {i} runs past the end of the message")
+        fields.append(np.frombuffer(buf, dtype=dtype, count=count, offset=pos).reshape(shape))
+        pos += _pad8(count * dtype.itemsize)
+    return Sample(int(head[1]), int(head[2]), tuple(fields), signature(header))
+
+
+def signature(header: np.ndarray) -> tuple[int, ...]:
+    """What must match between samples of one study: field count, dtypes and shapes."""
+    return tuple(int(v) for v in header[3:])
+
+
+def describe(sig: tuple[int, ...]) -> str:
+    """Readable form of a signature for error messages: ``float32(6,), float32(1024,)``."""
+    n = sig[0]
+    parts = []
+    for i in range(n):
+        off = 1 + _FIELD * i
+        code, ndim = sig[off], sig[off + 1]
+        shape = tuple(sig[off + 2 : off + 2 + ndim])
+        parts.append(f"{DTYPES[code]}{shape}")
+    return ", ".join(parts)
+
+
+_END = struct.Struct("<qqqd")  # sim_id, ok, n_steps, seconds
+
+
+def encode_end(sim_id: int, ok: bool, n_steps: int, seconds: float, reason: str = "") -> np.ndarray:
+    """End-of-run report from a worker: fixed struct followed by a UTF-8 reason."""
+    data = _END.pack(sim_id, int(ok), n_steps, seconds) + reason.encode("utf-8", "replace")
+    return np.frombuffer(data, dtype=np.uint8).copy()
+
+
+def decode_end(buf: np.ndarray) -> tuple[int, bool, int, float, str]:
+    sim_id, ok, n_steps, seconds = _END.unpack_from(buf)
+    reason = bytes(buf[_END.size :]).decode("utf-8", "replace")
+    return sim_id, bool(ok), n_steps, seconds, reason

@@ -1,0 +1,201 @@
+"""A long-lived MPI worker, spawned by a training rank, that runs solver calls it is given.
+
+The worker never runs solver code itself: it keeps one sandbox process (``_runner``) per worker,
+sends it one parameter set at a time and forwards every yielded sample to the training rank with a
+synchronous send (``Ssend``), so a full buffer on the training side blocks the worker, the pipe and
+then the solver (backpressure end to end). When the sandbox crashes, hangs past ``run_timeout`` or
+reports an error, the worker tells the training rank how the run ended and starts a new sandbox for
+the next run. Only this module and ``_transport`` talk MPI.
+
+Tags (trainer <-> worker, all on the spawn intercommunicator):
+``TASK`` float64 [sim_id, *theta]; ``STOP`` empty; ``SAMPLE`` wire blob (see ``_wire``);
+``END`` run report (see ``_wire.encode_end``); ``BYE`` the worker is leaving; ``FATAL`` worker error.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from lightning_online._runner import read_frame, write_frame
+from lightning_online._wire import encode_end
+
+TAG_TASK, TAG_STOP, TAG_SAMPLE, TAG_END, TAG_BYE, TAG_FATAL = range(11, 17)
+
+# Variables of the MPI process manager: a solver that imports mpi4py must not believe it belongs
+# to the worker's MPI job.
+_MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDI_", "HYDRA_", "MPIR_", "MPICH_", "OMPI_")
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the solver process was killed by {name}"
+    return f"the solver process exited with code {code} before finishing the run"
+
+
+class _Sandbox:
+    """The solver's process and the two pipes to it."""
+
+    def __init__(self, solver: bytes, python_path: list[str]) -> None:
+        to_child_r, self._to_child = os.pipe()
+        self._from_child, from_child_w = os.pipe()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_MPI_ENV_PREFIXES)}
+        env["PYTHONPATH"] = os.pathsep.join(python_path)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lightning_online._runner", str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w),
+            env=env,
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.out = os.fdopen(self._to_child, "wb")
+        # Unbuffered, so that select() on the descriptor tells the truth about pending frames.
+        self.inp = os.fdopen(self._from_child, "rb", buffering=0)
+        write_frame(self.out, b"P", solver)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.out, self.inp):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+class Worker:
+    def __init__(self, comm: Any, config: dict[str, Any]) -> None:
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = comm
+        self.solver: bytes = config["solver"]
+        self.python_path: list[str] = config["python_path"]
+        self.run_timeout: float | None = config["run_timeout"]
+        self.poll: float = config.get("poll_interval", 1e-3)
+        self.sandbox: _Sandbox | None = None
+
+    def _stop_requested(self) -> bool:
+        return bool(self.comm.Iprobe(source=0, tag=TAG_STOP))
+
+    def serve(self) -> None:
+        MPI, comm = self.MPI, self.comm
+        status = MPI.Status()
+        idle = 0
+        while True:
+            if not comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=status):
+                idle += 1
+                time.sleep(self.poll if idle < 1000 else 10 * self.poll)
+                continue
+            idle = 0
+            buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+            comm.Recv([buf, MPI.BYTE], source=0, tag=status.Get_tag())
+            if status.Get_tag() == TAG_STOP:
+                return
+            task = buf.view(np.float64)
+            sim_id = int(task[0])
+            report = self.run(sim_id, task[1:].tobytes())
+            if report is None:  # stopped mid-run; the STOP message is still queued
+                continue
+            comm.Send([report, MPI.BYTE], dest=0, tag=TAG_END)
+
+    def run(self, sim_id: int, task_theta: bytes) -> np.ndarray | None:
+        MPI, comm = self.MPI, self.comm
+        if self.sandbox is None or self.sandbox.proc.poll() is not None:
+            if self.sandbox is not None:
+                self.sandbox.kill()
+            self.sandbox = _Sandbox(self.solver, self.python_path)
+        box = self.sandbox
+        task = np.float64(sim_id).tobytes() + task_theta
+        try:
+            write_frame(box.out, b"T", task)
+        except (BrokenPipeError, OSError):
+            return self._crashed(sim_id, 0, 0.0)
+        steps, busy = 0, 0.0
+        fd = box.inp.fileno()
+        while True:
+            # Only time spent waiting for the solver counts toward the timeout: time blocked in
+            # Ssend is backpressure from a full buffer, not a slow solver.
+            wait = 0.05
+            if self.run_timeout is not None:
+                wait = max(0.0, min(wait, self.run_timeout - busy))
+            t0 = time.monotonic()
+            readable = bool(select.select([fd], [], [], wait)[0])
+            busy += time.monotonic() - t0
+            if not readable:
+                if self.run_timeout is not None and busy >= self.run_timeout:
+                    box.kill()
+                    self.sandbox = None
+                    return encode_end(
+                        sim_id, False, steps, busy, f"timed out after {self.run_timeout:g} s"
+                    )
+                if self._stop_requested():
+                    box.kill()
+                    self.sandbox = None
+                    return None
+                continue
+            frame = read_frame(box.inp)
+            if frame is None:
+                return self._crashed(sim_id, steps, busy)
+            kind, payload = frame
+            if kind == b"S":
+                comm.Ssend(
+                    [np.frombuffer(payload, dtype=np.uint8), MPI.BYTE], dest=0, tag=TAG_SAMPLE
+                )
+                steps += 1
+            elif kind == b"D":
+                return encode_end(sim_id, True, steps, busy)
+            else:
+                return encode_end(sim_id, False, steps, busy, payload.decode("utf-8", "replace"))
+
+    def _crashed(self, sim_id: int, steps: int, busy: float) -> np.ndarray:
+        assert self.sandbox is not None
+        code = self.sandbox.proc.wait()
+        self.sandbox.kill()
+        self.sandbox = None
+        return encode_end(sim_id, False, steps, busy, describe_exit(code))
+
+    def close(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.kill()
+            self.sandbox = None
+
+
+def main() -> None:
+    from mpi4py import MPI
+
+    comm = MPI.Comm.Get_parent()
+    if comm == MPI.COMM_NULL:
+        raise SystemExit("lightning_online._worker is started by OnlineDataModule, not by hand")
+    config = comm.bcast(None, root=0)
+    worker = Worker(comm, config)
+    try:
+        worker.serve()
+    except Exception:
+        msg = np.frombuffer(traceback.format_exc().encode(), dtype=np.uint8)
+        comm.Send([msg, MPI.BYTE], dest=0, tag=TAG_FATAL)
+        # wait for STOP so the trainer's shutdown handshake still completes
+        while not comm.Iprobe(source=0, tag=TAG_STOP):
+            time.sleep(0.01)
+        comm.Recv([np.zeros(0, np.uint8), MPI.BYTE], source=0, tag=TAG_STOP)
+    finally:
+        worker.close()
+    comm.Send([np.zeros(0, np.uint8), MPI.BYTE], dest=0, tag=TAG_BYE)
+    comm.Disconnect()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Bounded, thread-safe sample buffers for online training (after Melissa's buffers).
+
+One receiver thread (producer) calls :meth:`Buffer.put` / :meth:`Buffer.has_room`; the
+training loop (consumer) calls :meth:`Buffer.ready` / :meth:`Buffer.wait_ready` /
+:meth:`Buffer.get`. Memory is bounded by ``capacity``: when there is no room the producer
+blocks, which stops it receiving and so back-pressures the solver runs. No policy drops a
+sample that was never served (``stats()["evicted"]`` stays 0).
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FIFO", "FIRO", "Buffer", "Reservoir"]
+
+
+def _check_int(name: str, value: Any, low: int, high: int, high_name: str = "") -> int:
+    """Return ``value`` as an int in [low, high], else raise ValueError naming ``name``."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or not low <= value <= high:
+        bound = f"between {low} and {high_name} ({high})" if high_name else f">= {low}"
+        raise ValueError(f"{name} ({value!r}) must be an integer {bound}")
+    return int(value)
+
+
+def _sample(rng: np.random.Generator, m: int, k: int) -> list[int]:
+    """k distinct indices from range(m) in uniformly random order, in O(k) (sparse Fisher-Yates)."""
+    k = min(k, m)
+    if k <= 0:
+        return []
+    swapped: dict[int, int] = {}
+    out = []
+    for i, j in enumerate(rng.integers(np.arange(k), m).tolist()):  # j in [i, m)
+        out.append(swapped.get(j, j))
+        swapped[j] = swapped.get(i, i)
+    return out
+
+
+class Buffer(abc.ABC):
+    """Base class: locking, watermark gating, end-of-stream and statistics.
+
+    Subclasses implement storage and the policy in the ``_``-prefixed hooks, which are
+    always called with the lock held.
+    """
+
+    def __init__(self, capacity: int, watermark: int | None = None, seed: int | None = None):
+        self.capacity = _check_int("capacity", capacity, 1, 2**63)
+        if watermark is None:
+            watermark = max(1, self.capacity // 4)
+        self.watermark = _check_int("watermark", watermark, 1, self.capacity, "capacity")
+        self._rng = np.random.default_rng(seed)
+        self._cond = threading.Condition()
+        self._closed = False
+        self._received = self._served = self._evicted = self._unique = 0
+
+    # --- policy hooks (lock held) -------------------------------------------------
+    @abc.abstractmethod
+    def _size(self) -> int: ...
+
+    @abc.abstractmethod
+    def _room(self) -> bool: ...
+
+    @abc.abstractmethod
+    def _n_unserved(self) -> int: ...
+
+    @abc.abstractmethod
+    def _add(self, item: Any) -> None: ...
+
+    @abc.abstractmethod
+    def _take(self, n: int) -> tuple[list[Any], int]:
+        """Serve up to n items; return them and how many were served for the first time."""
+
+    @abc.abstractmethod
+    def _counts(self) -> list[int]: ...
+
+    # --- producer side (receiver thread) ---------------------------------------------
+    def put(self, item: Any, timeout: float | None = None) -> bool:
+        """Add ``item``, blocking while there is no room (backpressure).
+
+        Returns False if ``timeout`` seconds passed without room; raises RuntimeError if the
+        buffer is (or gets) closed, since nothing is accepted after the end of the stream.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or self._room(), timeout)
+            if self._closed:
+                raise RuntimeError(f"put on a closed {type(self).__name__} buffer")
+            if not self._room():
+                return False
+            self._add(item)
+            self._received += 1
+            self._cond.notify_all()
+            return True
+
+    def has_room(self) -> bool:
+        """Whether a put would succeed now; the receiver stops receiving while False."""
+        with self._cond:
+            return not self._closed and self._room()
+
+    def close(self) -> None:
+        """End of stream: refuse further puts, wake a blocked producer, let consumers drain."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # --- consumer side (training thread) ---------------------------------------------
+    def _check_n(self, n: int) -> int:
+        # n > capacity could never be ready before close: refuse it instead of deadlocking.
+        return _check_int("n", n, 1, self.capacity, "capacity")
+
+    def _ready(self, n: int) -> bool:
+        if self._closed:
+            return self._n_unserved() > 0
+        return self._size() >= max(self.watermark, n)
+
+    def ready(self, n: int = 1) -> bool:
+        """Whether get(n) serves now: watermark and a full batch before close, leftovers after."""
+        n = self._check_n(n)
+        with self._cond:
+            return self._ready(n)
+
+    def wait_ready(self, n: int, timeout: float) -> bool:
+        """Sleep until ready(n), close() or timeout, so the consumer does not poll."""
+        n = self._check_n(n)
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or self._ready(n), timeout)
+            return self._ready(n)
+
+    def get(self, n: int) -> list[Any]:
+        """Non-blocking: up to n items per policy, or [] if not ready(n)."""
+        n = self._check_n(n)
+        with self._cond:
+            if not self._ready(n):
+                return []
+            items, first = self._take(n)
+            self._served += len(items)
+            self._unique += first
+            self._cond.notify_all()  # room may have appeared for a blocked producer
+            return items
+
+    # --- introspection ---------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def exhausted(self) -> bool:
+        """Closed and nothing left that was never served: the consumer may stop."""
+        with self._cond:
+            return self._closed and self._n_unserved() == 0
+
+    @property
+    def unserved(self) -> int:
+        with self._cond:
+            return self._n_unserved()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return self._size()
+
+    def stats(self) -> dict[str, int | float]:
+        with self._cond:
+            size = self._size()
+            return {
+                "received": self._received,
+                "served": self._served,
+                "evicted": self._evicted,
+                "fill": size / self.capacity,
+                "size": size,
+                "unique_served": self._unique,
+                "mean_reuse": self._served / self._unique if self._unique else 0.0,
+            }
+
+    def served_counts(self) -> np.ndarray:
+        """Served counter of each held item (order unspecified)."""
+        with self._cond:
+            return np.asarray(self._counts(), dtype=np.int64)
+
+    def __repr__(self) -> str:
+        with self._cond:
+            return (
+                f"{type(self).__name__}(capacity={self.capacity}, watermark={self.watermark}, "
+                f"size={self._size()}, unserved={self._n_unserved()}, closed={self._closed})"
+            )
+
+
+class _Consuming(Buffer):
+    """Policies whose get removes items: a held item's served counter is always 0."""
+
+    _items: deque[Any] | list[Any]
+
+    def _size(self) -> int:
+        return len(self._items)
+
+    def _room(self) -> bool:
+        return len(self._items) < self.capacity
+
+    def _n_unserved(self) -> int:
+        return len(self._items)
+
+    def _add(self, item: Any) -> None:
+        self._items.append(item)
+
+    def _counts(self) -> list[int]:
+        return [0] * len(self._items)
+
+
+class FIFO(_Consuming):
+    """First in, first out: get pops the oldest items in arrival order."""
+
+    def __init__(self, capacity: int, watermark: int | None = None, seed: int | None = None):
+        super().__init__(capacity, watermark, seed)
+        self._items: deque[Any] = deque()
+
+    def _take(self, n: int) -> tuple[list[Any], int]:
+        out = [self._items.popleft() for _ in range(min(n, len(self._items)))]
+        return out, len(out)
+
+
+class FIRO(_Consuming):
+    """First in, random out: get pops n held items chosen uniformly without replacement."""
+
+    def __init__(self, capacity: int, watermark: int | None = None, seed: int | None = None):
+        super().__init__(capacity, watermark, seed)
+        self._items: list[Any] = []
+
+    def _take(self, n: int) -> tuple[list[Any], int]:
+        items = self._items
+        picks = _sample(self._rng, len(items), n)
+        out = [items[p] for p in picks]
+        for p in sorted(picks, reverse=True):  # swap-with-last; higher picks go first
+            items[p] = items[-1]
+            items.pop()
+        return out, len(out)
+
+
+class Reservoir(Buffer):
+    """Random distinct items served without removal, so samples may be seen several times.
+
+    When full, a put overwrites a random already-served item; with none served there is no
+    room and the producer blocks, so no sample leaves unseen. After close, get serves the
+    never-served items first, then exhaustion is reached. Positions are split into an
+    ``unserved`` and a ``served`` index list (``_slot`` maps a position to its index in its
+    list) so that get and put cost O(n) and O(1), not O(capacity).
+    """
+
+    def __init__(self, capacity: int, watermark: int | None = None, seed: int | None = None):
+        super().__init__(capacity, watermark, seed)
+        self._items: list[Any] = []
+        self._count: list[int] = []
+        self._slot: list[int] = []
+        self._fresh: list[int] = []  # positions never served
+        self._seen: list[int] = []  # positions served at least once
+
+    def _move(self, pos: int, src: list[int], dst: list[int]) -> None:
+        i, last = self._slot[pos], src.pop()
+        if last != pos:
+            src[i] = last
+            self._slot[last] = i
+        self._slot[pos] = len(dst)
+        dst.append(pos)
+
+    def _size(self) -> int:
+        return len(self._items)
+
+    def _room(self) -> bool:
+        return len(self._items) < self.capacity or bool(self._seen)
+
+    def _n_unserved(self) -> int:
+        return len(self._fresh)
+
+    def _add(self, item: Any) -> None:
+        if len(self._items) < self.capacity:
+            self._slot.append(len(self._fresh))
+            self._fresh.append(len(self._items))
+            self._items.append(item)
+            self._count.append(0)
+            return
+        pos = self._seen[int(self._rng.integers(len(self._seen)))]  # already served: no loss
+        self._items[pos], self._count[pos] = item, 0
+        self._move(pos, self._seen, self._fresh)
+
+    def _take(self, n: int) -> tuple[list[Any], int]:
+        if self._closed:  # drain: unserved first, topped up with distinct served ones
+            picks = [self._fresh[i] for i in _sample(self._rng, len(self._fresh), n)]
+            picks += [self._seen[i] for i in _sample(self._rng, len(self._seen), n - len(picks))]
+        else:
+            picks = _sample(self._rng, len(self._items), n)
+        first = 0
+        for p in picks:
+            if self._count[p] == 0:
+                self._move(p, self._fresh, self._seen)
+                first += 1
+            self._count[p] += 1
+        return [self._items[p] for p in picks], first
+
+    def _counts(self) -> list[int]:
+        return list(self._count)

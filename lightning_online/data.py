@@ -1,0 +1,500 @@
+"""``OnlineDataModule``: a LightningDataModule whose training data streams from live solver runs.
+
+Where code runs: the DataModule lives on every training rank. ``setup`` (every rank) spawns that
+rank's MPI workers and starts its receiver thread; the training loop pulls batches in the main
+thread of each rank through an ``IterableDataset`` (``num_workers=0``: no DataLoader processes are
+forked from an MPI process). Batches are exactly what the solver yielded, stacked per field, so a
+LightningModule written for an ordinary ``(x, y)`` DataLoader trains unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import cloudpickle
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from lightning_online._capture import (
+    OutputCapture,
+    default_pred,
+    default_target,
+    per_sample_mse,
+    reduce_per_sample,
+)
+from lightning_online._dist import Group
+from lightning_online._study import Run, Study, StudyError
+from lightning_online._transport import WorkerPool
+from lightning_online._wire import Sample
+from lightning_online.buffers import Buffer, Reservoir
+from lightning_online.sampling import Halton, ParameterSpace, Sampler, Uniform
+
+log = logging.getLogger("lightning_online")
+
+__all__ = ["OnlineDataModule", "Solver"]
+
+Solver = Callable[[np.ndarray], Iterable[tuple[np.ndarray, ...]]]
+"""A solver: ``solver(theta)`` yields one training sample (a tuple of arrays) per time step."""
+
+_STATS_KEYS = (
+    "launched",
+    "completed",
+    "failed",
+    "running",
+    "samples_received",
+    "samples_rejected",
+    "samples_served",
+    "samples_replayed",
+    "buffer_fill",
+)
+
+
+def _collate(items: list[Sample]) -> list[torch.Tensor]:
+    n = len(items[0].fields)
+    return [torch.from_numpy(np.stack([s.fields[i] for s in items])) for i in range(n)]
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class _Batches(IterableDataset):
+    """Yields ready-made batches; every rank yields the same number (see ``Study.sync``)."""
+
+    def __init__(self, dm: OnlineDataModule) -> None:
+        self.dm = dm
+
+    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        return self.dm._batches()
+
+
+class _ValidationSet(Dataset):
+    """The validation runs, held in memory; remembers which indices were read, in order."""
+
+    def __init__(self, samples: list[tuple[np.ndarray, ...]], sim_index: np.ndarray) -> None:
+        self.samples = samples
+        self.sim_index = sim_index
+        self.requested: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        self.requested.append(i)
+        return tuple(torch.from_numpy(a) for a in self.samples[i])
+
+
+class OnlineDataModule(pl.LightningDataModule):
+    """Stream training data from solver runs launched as MPI processes while the model trains.
+
+    Args:
+        solver: a picklable callable, ``solver(theta) -> iterable of tuples of numpy arrays``, one
+            tuple per time step (e.g. ``(x, y)``), yielded as the solver advances. It is serialised
+            by value with cloudpickle, so a function defined in a script or notebook works.
+        space: the box of solver parameters runs are drawn from.
+        n_simulations: the budget: how many runs must *complete* (over all ranks together).
+        sampler: draws the parameters of each new run (``Uniform()`` by default). A loss-driven
+            sampler is updated by the ``ActiveSampling`` callback.
+        buffer: the bounded store between the stream and training on each rank (``FIFO``,
+            ``FIRO`` or ``Reservoir``; default ``Reservoir(capacity=max(1024, 8 * batch_size))``).
+        batch_size: samples per training batch.
+        n_workers: solver runs in flight at a time, per training rank.
+        val_parameters: an int n (n Halton points of the box) or an ``(n, d)`` array; these runs
+            are simulated once before training and held in memory for validation.
+        val_batch_size: batch size of the validation loader (default ``batch_size``).
+        val_loss_fn: elementwise loss ``(pred, target) -> tensor`` used for the per-simulation
+            validation report (default: squared error).
+        run_timeout: seconds of solver compute one run may take before it is killed and counted
+            as failed (``None``: no limit). Time blocked by a full buffer does not count.
+        max_retries: how often the parameters of a failed run are retried before being redrawn.
+        max_failed_fraction: share of failed runs above which the study stops with an error that
+            lists the failures.
+        poll_interval: seconds the receiver thread sleeps when there is nothing to receive.
+    """
+
+    def __init__(
+        self,
+        solver: Solver,
+        space: ParameterSpace,
+        *,
+        n_simulations: int,
+        sampler: Sampler | None = None,
+        buffer: Buffer | None = None,
+        batch_size: int = 32,
+        n_workers: int = 2,
+        val_parameters: int | np.ndarray | None = None,
+        val_batch_size: int | None = None,
+        val_loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        run_timeout: float | None = None,
+        max_retries: int = 1,
+        max_failed_fraction: float = 0.5,
+        poll_interval: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if not callable(solver):
+            raise TypeError(f"solver must be callable, got {type(solver).__name__}")
+        try:
+            self._solver_bytes = cloudpickle.dumps(solver)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                f"the solver {solver!r} cannot be pickled ({exc}); solver runs happen in other "
+                "processes, so the solver and everything it refers to must be picklable "
+                "(no open files, locks or live MPI communicators)"
+            ) from exc
+        if not isinstance(space, ParameterSpace):
+            raise TypeError(f"space must be a ParameterSpace, got {type(space).__name__}")
+        self.solver = solver
+        self.space = space
+        self.n_simulations = _positive_int("n_simulations", n_simulations)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.n_workers = _positive_int("n_workers", n_workers)
+        self.sampler = sampler if sampler is not None else Uniform()
+        if not isinstance(self.sampler, Sampler):
+            raise TypeError(f"sampler must be a Sampler, got {type(self.sampler).__name__}")
+        self.buffer = (
+            buffer if buffer is not None else Reservoir(capacity=max(1024, 8 * self.batch_size))
+        )
+        if not isinstance(self.buffer, Buffer):
+            raise TypeError(f"buffer must be a Buffer, got {type(self.buffer).__name__}")
+        if self.batch_size > self.buffer.capacity:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) is larger than the buffer's capacity "
+                f"({self.buffer.capacity}): a batch could never be formed; lower batch_size or "
+                "raise the buffer's capacity"
+            )
+        self.val_parameters = self._check_val(val_parameters)
+        self.val_batch_size = _positive_int("val_batch_size", val_batch_size or self.batch_size)
+        self.val_loss_fn = val_loss_fn or per_sample_mse
+        if run_timeout is not None and not run_timeout > 0:
+            raise ValueError(f"run_timeout must be positive seconds or None, got {run_timeout!r}")
+        self.run_timeout = None if run_timeout is None else float(run_timeout)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        self.max_retries = max_retries
+        if not 0.0 < max_failed_fraction <= 1.0:
+            raise ValueError(f"max_failed_fraction must be in (0, 1], got {max_failed_fraction!r}")
+        self.max_failed_fraction = float(max_failed_fraction)
+        self.poll_interval = float(poll_interval)
+
+        self._study: Study | None = None
+        self._pool: WorkerPool | None = None
+        self._group: Group | None = None
+        self._val_set: _ValidationSet | None = None
+        self._val_thetas: np.ndarray | None = None
+        self._stats: dict[str, float] = dict.fromkeys(_STATS_KEYS, 0)
+        self._launched: np.ndarray = np.zeros((0, space.dim))
+        self.val_report: dict[str, np.ndarray] | None = None
+
+    def _check_val(self, val: int | np.ndarray | None) -> int | np.ndarray | None:
+        if val is None:
+            return None
+        if isinstance(val, int | np.integer) and not isinstance(val, bool):
+            n = _positive_int("val_parameters", val)
+            if n > self.n_simulations:
+                raise ValueError(
+                    f"val_parameters ({n}) asks for more validation runs than the training "
+                    f"budget n_simulations ({self.n_simulations}); use fewer validation runs"
+                )
+            return n
+        arr = np.asarray(val, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != self.space.dim or len(arr) == 0:
+            raise ValueError(
+                f"val_parameters must be an int or an (n, {self.space.dim}) array, "
+                f"got shape {arr.shape}"
+            )
+        outside = np.flatnonzero(~self.space.contains(arr))
+        if len(outside):
+            raise ValueError(
+                f"val_parameters rows {outside.tolist()[:10]} lie outside the parameter space "
+                f"{self.space}"
+            )
+        return arr
+
+    # ------------------------------------------------------------------ public surface
+    @property
+    def stats(self) -> Mapping[str, float]:
+        """Counters of the whole study (all ranks): launched, completed, failed, running,
+        samples_received, samples_served, buffer_fill, ... Updated at every batch; identical on
+        every rank once ``fit`` returns."""
+        return MappingProxyType(dict(self._stats))
+
+    @property
+    def launched_parameters(self) -> np.ndarray:
+        """``(n, d)``: every theta launched so far (retries included), in launch order."""
+        if self._study is not None:
+            entries = sorted(self._study.launched_parameters(), key=lambda e: e[0])
+            if entries:
+                return np.stack([t for _, t in entries])
+        return self._launched.copy()
+
+    @property
+    def runs(self) -> Mapping[int, Run]:
+        """The runs launched by this rank, by simulation id (parameters, status, failure reason)."""
+        return MappingProxyType(self._study.runs if self._study is not None else {})
+
+    def pop_batch_info(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Simulation ids and time steps of the oldest served batch not yet popped.
+
+        Batches are popped in the order they were served; a callback pops one per training step
+        to attribute per-sample losses to the runs (and so the parameters) they came from.
+        """
+        if self._study is None or not self._study.batch_info:
+            return None
+        return self._study.batch_info.popleft()
+
+    def theta_of(self, sim_ids: np.ndarray) -> np.ndarray:
+        """Parameters of the given runs of this rank, ``(len(sim_ids), d)``."""
+        assert self._study is not None
+        runs = self._study.runs
+        return np.stack([runs[int(i)].theta for i in sim_ids])
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str) -> None:
+        if self._group is None:
+            self._group = Group()
+        if stage == "fit" and self._study is None:
+            self._start()
+        if self.val_parameters is not None and self._val_set is None:
+            self._simulate_validation()
+        if self.trainer is not None and self.val_parameters is not None:
+            if not any(isinstance(c, _ValidationReport) for c in self.trainer.callbacks):
+                self.trainer.callbacks.append(_ValidationReport(self))
+
+    def _start(self) -> None:
+        group = self._group
+        assert group is not None
+        if self.n_simulations < group.size:
+            raise ValueError(
+                f"n_simulations ({self.n_simulations}) is smaller than the number of training "
+                f"ranks ({group.size}); every rank needs at least one run"
+            )
+        # Identical sampler state on every rank: parameters are drawn redundantly and sliced.
+        self.sampler.load_state_dict(group.broadcast_object(self.sampler.state_dict()))
+        buffer = self.buffer
+        if buffer.closed or len(buffer) or buffer.stats()["received"]:
+            buffer = type(buffer)(buffer.capacity, buffer.watermark)
+        self.buffer = buffer
+        self._study = Study(
+            space=self.space,
+            sampler=self.sampler,
+            buffer=buffer,
+            n_simulations=self.n_simulations,
+            n_workers=self.n_workers,
+            batch_size=self.batch_size,
+            max_retries=self.max_retries,
+            max_failed_fraction=self.max_failed_fraction,
+            group=group,
+        )
+        self._pool = WorkerPool(
+            self._solver_bytes,
+            self.n_workers,
+            self._study,
+            run_timeout=self.run_timeout,
+            poll_interval=self.poll_interval,
+        )
+        self._pool.start()
+        self._study.pool = self._pool
+        self._study.sync()  # hand out the first permits: runs start while Lightning sets up
+
+    def _simulate_validation(self) -> None:
+        group = self._group
+        assert group is not None
+        started_here = self._study is None
+        if started_here:
+            self._start()
+        study, pool = self._study, self._pool
+        assert study is not None and pool is not None
+        if isinstance(self.val_parameters, int):
+            thetas = Halton(seed=0).draw(self.space, self.val_parameters)
+        else:
+            thetas = np.asarray(self.val_parameters)
+        ids = study.queue_validation(thetas)
+        pool.wake()
+        attempts = dict.fromkeys(ids, 0)
+        while True:
+            if pool.error is not None:
+                raise StudyError("the solver workers failed during validation") from pool.error
+            runs = [study.runs.get(i) for i in ids]
+            for i, r in zip(ids, runs, strict=True):
+                if r is not None and r.status == "failed":
+                    attempts[i] += 1
+                    if attempts[i] > self.max_retries:
+                        raise StudyError(
+                            f"validation run {-i - 1} (theta={r.theta}) failed "
+                            f"{attempts[i]} times: {r.reason.strip()}"
+                        )
+                    study.requeue_validation(i)
+                    pool.wake()
+            if all(r is not None and r.status == "completed" for r in runs):
+                break
+            time.sleep(0.01)
+        local = {-i - 1: study.val_samples[i] for i in ids}
+        merged: dict[int, list[tuple[np.ndarray, ...]]] = {}
+        for part in group.all_gather_object(local):
+            merged.update(part)
+        samples, sim_index = [], []
+        for k in range(len(thetas)):
+            samples.extend(merged[k])
+            sim_index.extend([k] * len(merged[k]))
+        self._val_thetas = thetas
+        self._val_set = _ValidationSet(samples, np.asarray(sim_index))
+        if started_here:
+            self._stop()
+
+    def train_dataloader(self) -> DataLoader:
+        if self._study is None:
+            raise RuntimeError("OnlineDataModule.setup('fit') must run before train_dataloader()")
+        return DataLoader(_Batches(self), batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        if self._val_set is None:
+            return []  # type: ignore[return-value]
+        return DataLoader(self._val_set, batch_size=self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self._finish(collective=True)
+
+    def on_exception(self, exception: BaseException) -> None:
+        self._finish(collective=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict(), "stats": dict(self._stats)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state_dict["sampler"])
+
+    # ------------------------------------------------------------------ internals
+    def _batches(self) -> Iterator[list[torch.Tensor]]:
+        study, pool, group = self._study, self._pool, self._group
+        assert study is not None and pool is not None and group is not None
+        wait = 0.02 if group.size > 1 else 0.1
+        while True:
+            decision = study.sync(error=pool.error is not None or not pool.alive)
+            self._stats = decision.stats
+            if decision.finish:
+                if self.trainer is not None:
+                    self.trainer.should_stop = True
+                return
+            if decision.serve:
+                yield _collate(study.take())
+            else:
+                study.buffer.wait_ready(min(self.batch_size, study.buffer.capacity), wait)
+
+    def _stop(self) -> None:
+        if self._pool is not None:
+            self._pool.stop()
+        if self._study is not None:
+            for run in self._study.runs.values():
+                if run.status == "running":
+                    run.status = "stopped"
+            self._launched = self.launched_parameters
+            self._stats = dict(self._study.stats or self._stats)
+        self._pool = None
+
+    def _finish(self, collective: bool) -> None:
+        study = self._study
+        if study is None:
+            return
+        self._stop()
+        group = self._group
+        if group is not None and (collective or group.size == 1):
+            # One last agreement so that stats and launched parameters describe the whole study
+            # on every rank (every rank reaches teardown after a normal end of fit).
+            self._stats = dict(study.gather_stats())
+        if collective and group is not None and group.size > 1:
+            parts = group.all_gather_object(study.launched_parameters())
+            entries = sorted((e for p in parts for e in p), key=lambda e: e[0])
+            self._launched = (
+                np.stack([t for _, t in entries]) if entries else np.zeros((0, self.space.dim))
+            )
+        self._study = None
+
+
+class _ValidationReport(Callback):
+    """Per-simulation validation loss: added to the Trainer by ``OnlineDataModule.setup``.
+
+    Captures the module's prediction with a forward hook (no second forward pass), averages the
+    per-sample loss per validation run, reduces across ranks and logs the mean, 95th percentile
+    and max over runs as ``val_sim_loss_mean``, ``val_sim_loss_p95`` and ``val_sim_loss_max``.
+    """
+
+    def __init__(self, dm: OnlineDataModule) -> None:
+        self.dm = dm
+        self.capture = OutputCapture()
+        self._sums: np.ndarray | None = None
+        self._counts: np.ndarray | None = None
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        n = len(self.dm._val_thetas) if self.dm._val_thetas is not None else 0
+        self._sums, self._counts = np.zeros(n), np.zeros(n)
+        if self.dm._val_set is not None:
+            self.dm._val_set.requested.clear()
+        self.capture.attach(pl_module)
+
+    def on_validation_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.capture.arm()
+
+    @torch.no_grad()
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        out = self.capture.take()
+        val = self.dm._val_set
+        if out is None or val is None or self._sums is None or self._counts is None:
+            return
+        target = default_target(batch)
+        loss = reduce_per_sample(self.dm.val_loss_fn(default_pred(out).detach(), target))
+        n = len(loss)
+        idx = np.asarray(val.requested[:n])
+        del val.requested[:n]
+        sims = val.sim_index[idx]
+        np.add.at(self._sums, sims, loss.float().cpu().numpy())
+        np.add.at(self._counts, sims, 1)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.capture.detach()
+        if self._sums is None or self._counts is None or not len(self._sums):
+            return
+        both = torch.as_tensor(np.stack([self._sums, self._counts]))
+        both = trainer.strategy.reduce(both.to(pl_module.device), reduce_op="sum").cpu().numpy()
+        seen = both[1] > 0
+        if not seen.any():
+            return
+        per_sim = np.where(seen, both[0] / np.maximum(both[1], 1), np.nan)
+        self.dm.val_report = {"theta": self.dm._val_thetas, "loss": per_sim}
+        valid = per_sim[seen]
+        if trainer.sanity_checking:
+            return
+        for name, value in (
+            ("val_sim_loss_mean", valid.mean()),
+            ("val_sim_loss_p95", np.percentile(valid, 95)),
+            ("val_sim_loss_max", valid.max()),
+        ):
+            pl_module.log(name, float(value), sync_dist=True)  # identical on all ranks
