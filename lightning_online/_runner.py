@@ -72,8 +72,6 @@ def _die_with_parent() -> None:
 
 
 def _as_fields(item: object, step: int) -> tuple[np.ndarray, ...]:
-    if isinstance(item, np.ndarray):
-        item = (item,)
     if not isinstance(item, tuple | list):
         raise TypeError(
             f"step {step}: the solver yielded a {type(item).__name__}; "
@@ -111,7 +109,8 @@ def run(inp: BinaryIO, out: BinaryIO) -> None:
         try:
             gen = solver(theta)
             for step, item in enumerate(gen):
-                fields = _as_fields(item, step)
+                bare = isinstance(item, np.ndarray)
+                fields = (item,) if bare else _as_fields(item, step)
                 reason = _check(fields, step, first)
                 if reason is not None:
                     if hasattr(gen, "close"):
@@ -120,7 +119,7 @@ def run(inp: BinaryIO, out: BinaryIO) -> None:
                     break
                 if first is None:
                     first = [(a.dtype.str, a.shape) for a in fields]
-                write_frame(out, b"S", encode_sample(sim_id, step, fields))
+                write_frame(out, b"S", encode_sample(sim_id, step, fields, bare))
                 n_steps += 1
             else:
                 if n_steps == 0:

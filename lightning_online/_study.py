@@ -114,7 +114,7 @@ class Study:
         self._pending: deque[np.ndarray] = deque()
         self._retry: deque[tuple[np.ndarray, int]] = deque()
         self._val_queue: deque[tuple[int, np.ndarray]] = deque()
-        self.val_samples: dict[int, list[tuple[np.ndarray, ...]]] = {}
+        self.val_samples: dict[int, list[Any]] = {}
         self._next_local = 0
         self.permits = 0
         self.running = 0
@@ -168,7 +168,8 @@ class Study:
                 self.rejected += 1
             return
         if run.validation:
-            self.val_samples.setdefault(sample.sim_id, []).append(sample.fields)
+            item = sample.fields[0] if sample.bare else sample.fields
+            self.val_samples.setdefault(sample.sim_id, []).append(item)
             return
         if self.signature is None:
             self.signature = sample.signature

@@ -25,7 +25,8 @@ __all__ = [
     "signature",
 ]
 
-MAGIC = 0x4C4F4E4C  # "LONL"
+MAGIC = 0x4C4F4E4C  # "LONL": the solver yielded a tuple of arrays
+MAGIC_BARE = 0x4C4F4E42  # "LONB": the solver yielded one bare array (collated to a tensor)
 MAX_DIMS = 8
 MAX_FIELDS = 16
 _HEAD = 4  # magic, sim_id, step, n_fields
@@ -58,13 +59,16 @@ class Sample(NamedTuple):
     step: int
     fields: tuple[np.ndarray, ...]
     signature: tuple[int, ...]
+    bare: bool = False
 
 
 def _pad8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def encode_sample(sim_id: int, step: int, fields: tuple[np.ndarray, ...]) -> np.ndarray:
+def encode_sample(
+    sim_id: int, step: int, fields: tuple[np.ndarray, ...], bare: bool = False
+) -> np.ndarray:
     """Pack arrays into one contiguous uint8 buffer (a single copy of the data).
 
     Raises ``TypeError``/``ValueError`` for what the wire cannot carry (object arrays, too many
@@ -73,7 +77,7 @@ def encode_sample(sim_id: int, step: int, fields: tuple[np.ndarray, ...]) -> np.
     if not 1 <= len(fields) <= MAX_FIELDS:
         raise ValueError(f"a sample must have between 1 and {MAX_FIELDS} arrays, got {len(fields)}")
     header = np.zeros(_HEAD + _FIELD * len(fields), dtype=np.int64)
-    header[:_HEAD] = (MAGIC, sim_id, step, len(fields))
+    header[:_HEAD] = (MAGIC_BARE if bare else MAGIC, sim_id, step, len(fields))
     arrays = [np.ascontiguousarray(a) for a in fields]
     arrays = [a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("=")) for a in arrays]
     sizes = []
@@ -106,7 +110,7 @@ def decode_sample(buf: np.ndarray) -> Sample:
     if buf.nbytes < 8 * _HEAD:
         raise ValueError(f"sample message too short ({buf.nbytes} bytes)")
     head = np.frombuffer(buf, dtype=np.int64, count=_HEAD)
-    if head[0] != MAGIC:
+    if head[0] not in (MAGIC, MAGIC_BARE):
         raise ValueError("sample message has a bad magic number (not a lightning_online sample)")
     n_fields = int(head[3])
     if not 1 <= n_fields <= MAX_FIELDS:
@@ -126,7 +130,8 @@ def decode_sample(buf: np.ndarray) -> Sample:
             raise ValueError(f"sample message field {i} runs past the end of the message")
         fields.append(np.frombuffer(buf, dtype=dtype, count=count, offset=pos).reshape(shape))
         pos += _pad8(count * dtype.itemsize)
-    return Sample(int(head[1]), int(head[2]), tuple(fields), signature(header))
+    bare = bool(head[0] == MAGIC_BARE)
+    return Sample(int(head[1]), int(head[2]), tuple(fields), (bare, *signature(header)), bare)
 
 
 def signature(header: np.ndarray) -> tuple[int, ...]:
@@ -136,14 +141,14 @@ def signature(header: np.ndarray) -> tuple[int, ...]:
 
 def describe(sig: tuple[int, ...]) -> str:
     """Readable form of a signature for error messages: ``float32(6,), float32(1024,)``."""
-    n = sig[0]
+    bare, n = sig[0], sig[1]
     parts = []
     for i in range(n):
-        off = 1 + _FIELD * i
+        off = 2 + _FIELD * i
         code, ndim = sig[off], sig[off + 1]
         shape = tuple(sig[off + 2 : off + 2 + ndim])
         parts.append(f"{DTYPES[code]}{shape}")
-    return ", ".join(parts)
+    return parts[0] if bare else "(" + ", ".join(parts) + ")"
 
 
 _END = struct.Struct("<qqqd")  # sim_id, ok, n_steps, seconds

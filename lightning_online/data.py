@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_online._capture import (
@@ -57,9 +58,11 @@ _STATS_KEYS = (
 )
 
 
-def _collate(items: list[Sample]) -> list[torch.Tensor]:
+def _collate(items: list[Sample]) -> torch.Tensor | list[torch.Tensor]:
+    """Stack each field over the batch: ``(x, y)`` samples give ``[X, Y]``, bare arrays a tensor."""
     n = len(items[0].fields)
-    return [torch.from_numpy(np.stack([s.fields[i] for s in items])) for i in range(n)]
+    out = [torch.from_numpy(np.stack([s.fields[i] for s in items])) for i in range(n)]
+    return out[0] if items[0].bare else out
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -74,14 +77,14 @@ class _Batches(IterableDataset):
     def __init__(self, dm: OnlineDataModule) -> None:
         self.dm = dm
 
-    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+    def __iter__(self) -> Iterator[torch.Tensor | list[torch.Tensor]]:
         return self.dm._batches()
 
 
 class _ValidationSet(Dataset):
     """The validation runs, held in memory; remembers which indices were read, in order."""
 
-    def __init__(self, samples: list[tuple[np.ndarray, ...]], sim_index: np.ndarray) -> None:
+    def __init__(self, samples: list[Any], sim_index: np.ndarray) -> None:
         self.samples = samples
         self.sim_index = sim_index
         self.requested: list[int] = []
@@ -89,9 +92,12 @@ class _ValidationSet(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+    def __getitem__(self, i: int) -> torch.Tensor | tuple[torch.Tensor, ...]:
         self.requested.append(i)
-        return tuple(torch.from_numpy(a) for a in self.samples[i])
+        item = self.samples[i]
+        if isinstance(item, np.ndarray):
+            return torch.from_numpy(item)
+        return tuple(torch.from_numpy(a) for a in item)
 
 
 class OnlineDataModule(pl.LightningDataModule):
@@ -193,6 +199,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self._val_thetas: np.ndarray | None = None
         self._stats: dict[str, float] = dict.fromkeys(_STATS_KEYS, 0)
         self._launched: np.ndarray = np.zeros((0, space.dim))
+        self._runs: dict[int, Run] = {}
         self.val_report: dict[str, np.ndarray] | None = None
 
     def _check_val(self, val: int | np.ndarray | None) -> int | np.ndarray | None:
@@ -240,7 +247,7 @@ class OnlineDataModule(pl.LightningDataModule):
     @property
     def runs(self) -> Mapping[int, Run]:
         """The runs launched by this rank, by simulation id (parameters, status, failure reason)."""
-        return MappingProxyType(self._study.runs if self._study is not None else {})
+        return MappingProxyType(self._study.runs if self._study is not None else self._runs)
 
     def pop_batch_info(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Simulation ids and time steps of the oldest served batch not yet popped.
@@ -266,6 +273,9 @@ class OnlineDataModule(pl.LightningDataModule):
             self._start()
         if self.val_parameters is not None and self._val_set is None:
             self._simulate_validation()
+        if self.trainer is not None and self.val_parameters is None and stage == "fit":
+            # No validation runs: say so to Lightning rather than hand it an empty loader.
+            self.trainer.limit_val_batches = 0
         if self.trainer is not None and self.val_parameters is not None:
             if not any(isinstance(c, _ValidationReport) for c in self.trainer.callbacks):
                 self.trainer.callbacks.append(_ValidationReport(self))
@@ -339,7 +349,7 @@ class OnlineDataModule(pl.LightningDataModule):
                 break
             time.sleep(0.01)
         local = {-i - 1: study.val_samples[i] for i in ids}
-        merged: dict[int, list[tuple[np.ndarray, ...]]] = {}
+        merged: dict[int, list[Any]] = {}
         for part in group.all_gather_object(local):
             merged.update(part)
         samples, sim_index = [], []
@@ -378,7 +388,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self.sampler.load_state_dict(state_dict["sampler"])
 
     # ------------------------------------------------------------------ internals
-    def _batches(self) -> Iterator[list[torch.Tensor]]:
+    def _batches(self) -> Iterator[torch.Tensor | list[torch.Tensor]]:
         study, pool, group = self._study, self._pool, self._group
         assert study is not None and pool is not None and group is not None
         wait = 0.02 if group.size > 1 else 0.1
@@ -402,6 +412,7 @@ class OnlineDataModule(pl.LightningDataModule):
                 if run.status == "running":
                     run.status = "stopped"
             self._launched = self.launched_parameters
+            self._runs = self._study.runs
             self._stats = dict(self._study.stats or self._stats)
         self._pool = None
 
@@ -469,8 +480,14 @@ class _ValidationReport(Callback):
         val = self.dm._val_set
         if out is None or val is None or self._sums is None or self._counts is None:
             return
-        target = default_target(batch)
-        loss = reduce_per_sample(self.dm.val_loss_fn(default_pred(out).detach(), target))
+        try:
+            target = default_target(batch)
+            pred = default_pred(out)
+        except TypeError as exc:  # e.g. a batch that is a bare tensor: no target to compare with
+            rank_zero_warn(f"no per-simulation validation report: {exc}")
+            self._sums = None
+            return
+        loss = reduce_per_sample(self.dm.val_loss_fn(pred.detach(), target))
         n = len(loss)
         idx = np.asarray(val.requested[:n])
         del val.requested[:n]

@@ -140,7 +140,7 @@ class ParameterSpace:
     def from_unit(self, u: Any) -> np.ndarray:
         """Map points of ``[0, 1]^d``, shape ``(..., d)``, into the box (clipped against rounding)."""
         c = self._lo_c + self._check_last_axis(u, "from_unit") * (self._hi_c - self._lo_c)
-        theta = np.where(self._log, 10.0**c, c)
+        theta = np.where(self._log, 10.0 ** np.where(self._log, c, 0.0), c)
         return np.clip(theta, self._low, self._high)
 
     def contains(self, theta: Any) -> np.ndarray:

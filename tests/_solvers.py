@@ -1,0 +1,57 @@
+"""Small solvers for tests: cheap, deterministic, and some of them faulty on purpose."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+
+
+def smooth(theta: np.ndarray, n_steps: int = 10, delay: float = 0.0):
+    """x = (theta, t), y = a smooth function of both; optional delay per step."""
+    for k in range(n_steps):
+        if delay:
+            time.sleep(delay)
+        x = np.array([*theta, k / n_steps], dtype=np.float32)
+        yield x, np.sin(3 * x[:1] + x[-1:]).astype(np.float32)
+
+
+class Smooth:
+    def __init__(self, n_steps: int = 10, delay: float = 0.0, slow_above: float | None = None):
+        self.n_steps, self.delay, self.slow_above = n_steps, delay, slow_above
+
+    def __call__(self, theta: np.ndarray):
+        delay = self.delay
+        if self.slow_above is not None and theta[0] < self.slow_above:
+            delay = 0.0
+        return smooth(theta, self.n_steps, delay)
+
+
+class Faulty:
+    """Fails according to theta[0]: a fixed, known share of the box for each fault.
+
+    [0, .1) raises; [.1, .2) yields NaN at step 2; [.2, .3) changes shape at step 3;
+    [.3, .4) segfaults at step 1; [.4, .5) yields nothing; the rest is healthy.
+    """
+
+    def __init__(self, n_steps: int = 6) -> None:
+        self.n_steps = n_steps
+
+    def __call__(self, theta: np.ndarray):
+        t0 = float(theta[0])
+        for k in range(self.n_steps):
+            if t0 < 0.1 and k == 1:
+                raise RuntimeError(f"solver diverged at theta={t0:.3f}")
+            if t0 < 0.4 and 0.3 <= t0 and k == 1:
+                os.kill(os.getpid(), signal.SIGSEGV)
+            if 0.4 <= t0 < 0.5:
+                return
+            x = np.array([t0, k / self.n_steps], dtype=np.float32)
+            y = np.array([np.sin(3 * t0)], dtype=np.float32)
+            if 0.1 <= t0 < 0.2 and k == 2:
+                y[0] = np.nan
+            if 0.2 <= t0 < 0.3 and k == 3:
+                y = np.zeros(2, dtype=np.float32)
+            yield x, y
