@@ -28,18 +28,26 @@ _LAZY = {
     "OnlineDataModule": "lightning_online.data",
     "Solver": "lightning_online.data",
     "StudyError": "lightning_online._study",
+    "ActiveSampling": "lightning_online.active_sampling",
+    "Breed": "lightning_online.steering",
+    "LossProportional": "lightning_online.steering",
+    "SimulationStats": "lightning_online.steering",
 }
 
 __all__ = [
     "FIFO",
     "FIRO",
+    "ActiveSampling",
+    "Breed",
     "Buffer",
     "Halton",
     "LatinHypercube",
+    "LossProportional",
     "OnlineDataModule",
     "ParameterSpace",
     "Reservoir",
     "Sampler",
+    "SimulationStats",
     "Solver",
     "StudyError",
     "Uniform",
@@ -47,9 +55,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from lightning_online._study import StudyError
+    from lightning_online.active_sampling import ActiveSampling
     from lightning_online.buffers import FIFO, FIRO, Buffer, Reservoir
     from lightning_online.data import OnlineDataModule, Solver
     from lightning_online.sampling import Halton, LatinHypercube, ParameterSpace, Sampler, Uniform
+    from lightning_online.steering import Breed, LossProportional, SimulationStats
 
 
 def __getattr__(name: str) -> Any:

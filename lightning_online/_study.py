@@ -129,7 +129,8 @@ class Study:
         self._rejected_sims: dict[int, str] = {}
         self.failures: list[Run] = []
         self._last: list[Sample] = []
-        self.batch_info: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        # Bounded: without a consumer (no steering callback) it must not grow with the stream.
+        self.batch_info: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=64)
         self.stats: dict[str, float] = {}
         self.complete = False
 
@@ -370,6 +371,11 @@ class Study:
             run = self.runs.pop(sim_id)
             self.val_samples.pop(sim_id, None)
             self._val_queue.append((sim_id, run.theta))
+
+    def refresh(self) -> None:
+        """Forget drawn parameters not yet launched (the sampler changed); retries are kept."""
+        with self._lock:
+            self._pending.clear()
 
     def launched_parameters(self) -> list[tuple[float, np.ndarray]]:
         with self._lock:

@@ -259,6 +259,14 @@ class OnlineDataModule(pl.LightningDataModule):
             return None
         return self._study.batch_info.popleft()
 
+    def refresh_parameters(self) -> None:
+        """The sampler changed: runs launched from now on use new draws (call on every rank).
+
+        Parameters drawn but not launched yet are dropped; runs in flight are not touched.
+        """
+        if self._study is not None:
+            self._study.refresh()
+
     def theta_of(self, sim_ids: np.ndarray) -> np.ndarray:
         """Parameters of the given runs of this rank, ``(len(sim_ids), d)``."""
         assert self._study is not None
@@ -386,6 +394,7 @@ class OnlineDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state_dict["sampler"])
+        self.refresh_parameters()
 
     # ------------------------------------------------------------------ internals
     def _batches(self) -> Iterator[torch.Tensor | list[torch.Tensor]]:

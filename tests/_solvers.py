@@ -55,3 +55,30 @@ class Faulty:
             if 0.2 <= t0 < 0.3 and k == 3:
                 y = np.zeros(2, dtype=np.float32)
             yield x, y
+
+
+class HardCorner:
+    """Easy (y = 0) everywhere except in the sub-box theta0 > 0.75, theta1 > 0.6 (10 % of the
+    unit square), where the target oscillates fast in time and parameters: a network cannot fit it
+    quickly, so its loss stays high there."""
+
+    box = ((0.75, 1.0), (0.6, 1.0))
+
+    def __init__(self, n_steps: int = 8) -> None:
+        self.n_steps = n_steps
+
+    def __call__(self, theta: np.ndarray):
+        (a0, b0), (a1, b1) = self.box
+        hard = a0 < theta[0] <= b0 and a1 < theta[1] <= b1
+        for k in range(self.n_steps):
+            t = k / self.n_steps
+            x = np.array([theta[0], theta[1], t], dtype=np.float32)
+            y = np.array([np.sin(40 * t + 30 * theta[0]) if hard else 0.0], dtype=np.float32)
+            yield x, y
+
+    @classmethod
+    def inside(cls, thetas: np.ndarray) -> np.ndarray:
+        (a0, b0), (a1, b1) = cls.box
+        return (
+            (thetas[:, 0] > a0) & (thetas[:, 0] <= b0) & (thetas[:, 1] > a1) & (thetas[:, 1] <= b1)
+        )

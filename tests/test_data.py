@@ -248,12 +248,12 @@ def test_solver_defined_in_main_script(tmp_path):
     assert stats["completed"] == 4 and stats["samples_served"] == 20
 
 
-def test_ddp_two_ranks_unequal_speeds_do_not_hang(tmp_path):
-    """Two CPU ranks (gloo); rank speeds differ wildly; the budget is met exactly, no hang."""
+def run_ddp_script(tmp_path, *args: str) -> list[dict]:
+    """Run tests/scripts/ddp_fit.py (2 CPU ranks, gloo) and read what each rank wrote."""
     result = tmp_path / "result"
     env = dict(os.environ, PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run(
-        [sys.executable, str(HERE / "scripts" / "ddp_fit.py"), str(result)],
+        [sys.executable, str(HERE / "scripts" / "ddp_fit.py"), str(result), *args],
         capture_output=True,
         text=True,
         timeout=240,
@@ -261,7 +261,12 @@ def test_ddp_two_ranks_unequal_speeds_do_not_hang(tmp_path):
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-4000:]
-    ranks = [json.loads((tmp_path / f"result.{r}.json").read_text()) for r in range(2)]
+    return [json.loads((tmp_path / f"result.{r}.json").read_text()) for r in range(2)]
+
+
+def test_ddp_two_ranks_unequal_speeds_do_not_hang(tmp_path):
+    """Two CPU ranks (gloo); rank speeds differ wildly; the budget is met exactly, no hang."""
+    ranks = run_ddp_script(tmp_path)
     assert ranks[0]["stats"] == ranks[1]["stats"]  # identical on every rank once fit returns
     assert ranks[0]["global_step"] == ranks[1]["global_step"]
     assert ranks[0]["launched"] == ranks[1]["launched"]

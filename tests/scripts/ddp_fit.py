@@ -15,7 +15,14 @@ import torch
 from _models import Regressor
 from lightning.pytorch.callbacks import Callback
 
-from lightning_online import FIFO, Halton, OnlineDataModule, ParameterSpace
+from lightning_online import (
+    FIFO,
+    ActiveSampling,
+    Breed,
+    Halton,
+    OnlineDataModule,
+    ParameterSpace,
+)
 
 
 class RankSpeed:
@@ -39,15 +46,33 @@ class SlowStep(Callback):
             time.sleep(0.005)
 
 
+class LossPairs(Callback):
+    """Records (callback's mean per-sample loss, module's loss) at every step."""
+
+    def __init__(self, active):
+        self.active, self.pairs = active, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.active.last_losses is not None:
+            self.pairs.append([float(self.active.last_losses.mean()), float(outputs["loss"])])
+
+
 if __name__ == "__main__":
     out = sys.argv[1]
+    steer = len(sys.argv) > 2 and sys.argv[2] == "--active"
+    callbacks = [SlowStep()]
+    sampler = Halton(seed=1)
+    if steer:
+        sampler = Breed(sigma=0.05, start=0.5, end=0.9, breakpoint=3, statistic="loss", seed=0)
+        active = ActiveSampling(update_every_n_steps=2, window=10)
+        callbacks += [active, LossPairs(active)]
     dm = OnlineDataModule(
         RankSpeed(),
         ParameterSpace([0, 0], [1, 1]),
         n_simulations=24,
         batch_size=8,
         n_workers=2,
-        sampler=Halton(seed=1),
+        sampler=sampler,
         buffer=FIFO(64, watermark=16),
         val_parameters=3,
     )
@@ -60,7 +85,7 @@ if __name__ == "__main__":
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[SlowStep()],
+        callbacks=callbacks,
         val_check_interval=5,
         check_val_every_n_epoch=None,
     )
@@ -74,6 +99,9 @@ if __name__ == "__main__":
                 "global_step": trainer.global_step,
                 "launched": dm.launched_parameters.tolist(),
                 "local_runs": local_runs,
+                "sampler": dm.sampler.state_dict(),
+                "loss_pairs": callbacks[-1].pairs if steer else [],
+                "updates": callbacks[1].updates if steer else 0,
             },
             f,
         )

@@ -1,0 +1,267 @@
+"""``ActiveSampling``: steer the launch distribution of an online study by the training loss.
+
+Runs on every training rank, in the training thread. It never talks to processes: it reads the
+per-sample loss of each training batch, attributes it to the solver run each sample came from
+(``OnlineDataModule.pop_batch_info``), and every ``update_every_n_steps`` steps hands per-run
+statistics to the DataModule's sampler (``sampler.update``). Under DDP the statistics are summed
+over ranks with fixed-shape tensors, so every rank hands the sampler the same numbers and sampler
+states stay identical without an extra rank or a broadcast.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_online._capture import (
+    OutputCapture,
+    default_pred,
+    default_target,
+    per_sample_mse,
+    reduce_per_sample,
+)
+from lightning_online.data import OnlineDataModule
+from lightning_online.steering import SimulationStats
+
+__all__ = ["ActiveSampling"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class ActiveSampling(Callback):
+    """Loss-driven steering of solver runs (Breed, RAD, ...) for an unchanged LightningModule.
+
+    Args:
+        loss_fn: elementwise loss ``(pred, target) -> tensor`` (no reduction); averaged over all
+            but the batch dimension to give one loss per sample. Default: squared error.
+        update_every_n_steps: how often (training steps) the sampler receives new statistics.
+        window: how many recent training steps of per-sample losses the statistics cover.
+        pred_fn: extracts the prediction from the module's forward output (default: the output,
+            its first element, or its ``pred`` entry).
+        target_fn: extracts the target from a batch (default: its last element, or ``y``).
+        min_observed: samples of a run that must have been seen in the window for it to count.
+        plot_every_n_updates: how often a scatter plot of launched parameters coloured by loss is
+            sent to a logger that takes figures (TensorBoard); 0 disables it.
+
+    A ``training_step`` that returns a dict with a ``per_sample_loss`` tensor of shape ``(B,)``
+    provides the losses itself; no prediction is captured then.
+    """
+
+    def __init__(
+        self,
+        loss_fn: LossFn | None = None,
+        update_every_n_steps: int = 50,
+        window: int = 200,
+        pred_fn: Callable[[Any], torch.Tensor] | None = None,
+        target_fn: Callable[[Any], torch.Tensor] | None = None,
+        min_observed: int = 1,
+        plot_every_n_updates: int = 10,
+    ) -> None:
+        for name, value in (
+            ("update_every_n_steps", update_every_n_steps),
+            ("window", window),
+            ("min_observed", min_observed),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if window < update_every_n_steps:
+            raise ValueError(
+                f"window ({window}) must cover at least update_every_n_steps "
+                f"({update_every_n_steps}) steps, or some losses would never be used"
+            )
+        self.loss_fn = loss_fn or per_sample_mse
+        self.update_every_n_steps = update_every_n_steps
+        self.window = window
+        self.pred_fn = pred_fn or default_pred
+        self.target_fn = target_fn or default_target
+        self.min_observed = min_observed
+        self.plot_every_n_updates = plot_every_n_updates
+        self.capture = OutputCapture()
+        self.updates = 0
+        self.last_losses: torch.Tensor | None = None
+        self.last_stats: SimulationStats | None = None
+        # (step, sim_ids, losses, thetas) of recent steps, this rank only
+        self._obs: deque[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = deque()
+        self._dm: OnlineDataModule | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            update_every_n_steps=self.update_every_n_steps, window=self.window
+        )
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        dm = trainer.datamodule
+        if not isinstance(dm, OnlineDataModule):
+            raise TypeError(
+                "ActiveSampling steers the runs of an OnlineDataModule; pass one to "
+                f"trainer.fit(model, datamodule=...), got {type(dm).__name__}"
+            )
+        self._dm = dm
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.capture.attach(pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.capture.detach()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exc: BaseException
+    ) -> None:
+        self.capture.detach()
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.capture.arm()
+
+    @torch.no_grad()
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        dm = self._dm
+        assert dm is not None
+        info = dm.pop_batch_info()
+        out = self.capture.take()
+        if info is None:
+            return
+        sim_ids, _steps = info
+        losses = self._per_sample_loss(outputs, out, batch)
+        if losses is None:
+            return
+        if len(losses) != len(sim_ids):
+            raise RuntimeError(
+                f"per-sample loss has {len(losses)} entries but the batch has {len(sim_ids)} "
+                "samples; check loss_fn/pred_fn/target_fn"
+            )
+        self.last_losses = losses
+        step = trainer.global_step
+        self._obs.append((step, sim_ids, losses.float().cpu().numpy(), dm.theta_of(sim_ids)))
+        while self._obs and self._obs[0][0] <= step - self.window:
+            self._obs.popleft()
+        if step % self.update_every_n_steps == 0:
+            self._update(trainer, pl_module, dm)
+
+    def _per_sample_loss(self, outputs: Any, out: Any, batch: Any) -> torch.Tensor | None:
+        if isinstance(outputs, Mapping) and isinstance(
+            outputs.get("per_sample_loss"), torch.Tensor
+        ):
+            return outputs["per_sample_loss"].detach().reshape(-1)
+        if out is None:
+            rank_zero_warn("ActiveSampling saw no forward call in this training step; skipped")
+            return None
+        pred = self.pred_fn(out).detach()
+        return reduce_per_sample(self.loss_fn(pred, self.target_fn(batch)))
+
+    # ------------------------------------------------------------------ statistics
+    def _local_table(self, d: int, n_rows: int) -> np.ndarray:
+        """Rows by simulation id: [sum, count, sum_first_half, n_first, sum_second, n_second, theta]."""
+        table = np.zeros((n_rows, 6 + d))
+        if not self._obs:
+            return table
+        steps = np.concatenate([np.full(len(o[1]), o[0]) for o in self._obs])
+        ids = np.concatenate([o[1] for o in self._obs])
+        loss = np.concatenate([o[2] for o in self._obs])
+        theta = np.concatenate([o[3] for o in self._obs])
+        mid = (steps.min() + steps.max()) / 2.0
+        first = steps <= mid
+        np.add.at(table[:, 0], ids, loss)
+        np.add.at(table[:, 1], ids, 1)
+        np.add.at(table[:, 2], ids[first], loss[first])
+        np.add.at(table[:, 3], ids[first], 1)
+        np.add.at(table[:, 4], ids[~first], loss[~first])
+        np.add.at(table[:, 5], ids[~first], 1)
+        table[ids, 6:] = theta  # each run's owner rank fills its parameters; others add zeros
+        return table
+
+    def _update(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: OnlineDataModule
+    ) -> None:
+        strategy = trainer.strategy
+        local_max = max((int(o[1].max()) for o in self._obs), default=-1)
+        n_rows = int(strategy.reduce(torch.tensor(float(local_max)), reduce_op="max").item()) + 1
+        if n_rows <= 0:
+            return
+        d = dm.space.dim
+        table = torch.as_tensor(self._local_table(d, n_rows))
+        table = strategy.reduce(table, reduce_op="sum").cpu().numpy()
+        seen = table[:, 1] >= self.min_observed
+        if not seen.any():
+            return
+        t = table[seen]
+        mean = t[:, 0] / t[:, 1]
+        both = (t[:, 3] > 0) & (t[:, 5] > 0)
+        decrease = np.where(
+            both, t[:, 2] / np.maximum(t[:, 3], 1) - t[:, 4] / np.maximum(t[:, 5], 1), 0.0
+        )
+        stats = SimulationStats(
+            parameters=t[:, 6:], loss=mean, loss_decrease=decrease, n_observed=t[:, 1].astype(int)
+        )
+        dm.sampler.update(stats)
+        dm.refresh_parameters()
+        self.updates += 1
+        self.last_stats = stats
+        pl_module.log("active/sim_loss_mean", float(mean.mean()))
+        pl_module.log("active/sim_loss_max", float(mean.max()))
+        pl_module.log("active/bred_fraction", float(getattr(dm.sampler, "last_bred_fraction", 0.0)))
+        pl_module.log("active/generation", float(getattr(dm.sampler, "generation", 0)))
+        if self.plot_every_n_updates and self.updates % self.plot_every_n_updates == 0:
+            self._plot(trainer, dm, stats)
+
+    def _plot(self, trainer: pl.Trainer, dm: OnlineDataModule, stats: SimulationStats) -> None:
+        experiment = getattr(trainer.logger, "experiment", None)
+        if not trainer.is_global_zero or not hasattr(experiment, "add_figure"):
+            return
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:  # plotting is optional
+            return
+        p = stats.parameters
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        names = dm.space.names
+        x = p[:, 0]
+        y = p[:, 1] if p.shape[1] > 1 else stats.loss
+        sc = ax.scatter(x, y, c=stats.loss, s=12, cmap="viridis")
+        fig.colorbar(sc, ax=ax, label="mean loss over the window")
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1] if p.shape[1] > 1 else "loss")
+        if dm.space.log[0]:
+            ax.set_xscale("log")
+        if p.shape[1] > 1 and dm.space.log[1]:
+            ax.set_yscale("log")
+        ax.set_title(f"runs by loss, update {self.updates}")
+        fig.tight_layout()
+        experiment.add_figure("active/launched_parameters", fig, global_step=trainer.global_step)
+        plt.close(fig)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        dm = self._dm
+        return {
+            "updates": self.updates,
+            "sampler": dm.sampler.state_dict() if dm is not None else None,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.updates = int(state_dict.get("updates", 0))
+        if self._dm is not None and state_dict.get("sampler") is not None:
+            self._dm.sampler.load_state_dict(state_dict["sampler"])
+            self._dm.refresh_parameters()

@@ -1,0 +1,182 @@
+"""ActiveSampling + Breed steer real solver runs toward what the network gets wrong."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from _models import Regressor
+from _solvers import HardCorner, Smooth
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from lightning_online import (
+    FIFO,
+    ActiveSampling,
+    Breed,
+    OnlineDataModule,
+    ParameterSpace,
+    Uniform,
+)
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("no_orphans")]
+
+
+def run_study(sampler, callbacks=(), n_simulations=80, **trainer_kw):
+    torch.manual_seed(0)
+    dm = OnlineDataModule(
+        HardCorner(),
+        ParameterSpace([0, 0], [1, 1]),
+        n_simulations=n_simulations,
+        batch_size=16,
+        n_workers=2,
+        sampler=sampler,
+        buffer=FIFO(48, watermark=16),
+    )
+    opts = dict(
+        accelerator="cpu",
+        max_steps=100_000,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    opts.update(trainer_kw)
+    tr = pl.Trainer(callbacks=list(callbacks), **opts)
+    model = Regressor(3, 1, hidden=32, lr=3e-3)
+    tr.fit(model, dm)
+    return dm, tr
+
+
+def second_half_share(dm) -> float:
+    thetas = dm.launched_parameters
+    return float(HardCorner.inside(thetas[len(thetas) // 2 :]).mean())
+
+
+def test_breed_concentrates_runs_in_the_hard_subbox_uniform_does_not():
+    volume = 0.25 * 0.4
+    breed = Breed(
+        sigma=0.05,
+        start=0.5,
+        end=0.9,
+        breakpoint=3,
+        statistic="loss",
+        seed=0,
+        non_breed=Uniform(seed=1),
+    )
+    active = ActiveSampling(update_every_n_steps=2, window=20)
+    dm, _ = run_study(breed, [active])
+    assert active.updates >= 5 and breed.generation >= 5
+    steered = second_half_share(dm)
+    assert steered >= 2 * volume, steered
+    dm_u, _ = run_study(Uniform(seed=1), [ActiveSampling(update_every_n_steps=2, window=20)])
+    blind = second_half_share(dm_u)
+    assert blind < 2 * volume, blind
+    assert dm.stats["completed"] == dm_u.stats["completed"] == 80
+
+
+class _Compare(Callback):
+    def __init__(self, active):
+        self.active, self.pairs = active, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.pairs.append((float(self.active.last_losses.mean()), float(outputs["loss"])))
+
+
+def test_per_sample_losses_average_to_the_module_loss():
+    active = ActiveSampling(update_every_n_steps=5, window=10)
+    cmp = _Compare(active)
+    dm = OnlineDataModule(
+        Smooth(n_steps=10),
+        ParameterSpace([0, 0], [1, 1]),
+        n_simulations=10,
+        batch_size=8,
+        buffer=FIFO(40, 8),
+    )
+    pl.Trainer(
+        callbacks=[active, cmp],
+        max_steps=1000,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    ).fit(Regressor(3, 1), dm)
+    assert len(cmp.pairs) >= 10
+    a, b = np.array(cmp.pairs).T
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_checkpoint_resume_continues_the_distribution(tmp_path):
+    breed = Breed(sigma=0.05, start=0.5, end=0.9, breakpoint=3, statistic="loss", seed=0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=6, save_top_k=-1)
+    run_study(
+        breed,
+        [ActiveSampling(update_every_n_steps=2, window=10), ckpt],
+        n_simulations=40,
+        max_steps=12,
+        enable_checkpointing=True,
+    )
+    path = tmp_path / "epoch=0-step=12.ckpt"
+    assert path.exists(), list(tmp_path.iterdir())
+    saved = torch.load(path, weights_only=False)
+    state = next(v for k, v in saved["callbacks"].items() if k.startswith("ActiveSampling"))
+    assert state["sampler"]["generation"] == breed.generation >= 3
+
+    seen = {}
+
+    class Probe(Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["generation"] = trainer.datamodule.sampler.generation
+            seen["parents"] = trainer.datamodule.sampler.state_dict()["parents"]
+
+    fresh = Breed(sigma=0.05, start=0.5, end=0.9, breakpoint=3, statistic="loss", seed=0)
+    torch.manual_seed(0)
+    dm = OnlineDataModule(
+        HardCorner(),
+        ParameterSpace([0, 0], [1, 1]),
+        n_simulations=40,
+        batch_size=16,
+        sampler=fresh,
+        buffer=FIFO(48, 16),
+    )
+    tr = pl.Trainer(
+        callbacks=[ActiveSampling(update_every_n_steps=2, window=10), Probe()],
+        max_steps=16,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    tr.fit(Regressor(3, 1, hidden=32, lr=3e-3), dm, ckpt_path=path)
+    assert seen["generation"] == state["sampler"]["generation"]
+    assert seen["parents"] == state["sampler"]["parents"]
+    assert fresh.generation > seen["generation"]  # and it went on from there
+
+
+def test_refuses_a_plain_datamodule_and_bad_arguments():
+    with pytest.raises(ValueError, match="update_every_n_steps must be a positive integer"):
+        ActiveSampling(update_every_n_steps=0)
+    with pytest.raises(ValueError, match="window"):
+        ActiveSampling(update_every_n_steps=10, window=5)
+    from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel
+
+    tr = pl.Trainer(
+        callbacks=[ActiveSampling()],
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    with pytest.raises(TypeError, match="OnlineDataModule"):
+        tr.fit(BoringModel(), BoringDataModule())
+
+
+def test_ddp_two_ranks_identical_sampler_state_and_exact_losses(tmp_path):
+    from test_data import run_ddp_script
+
+    ranks = run_ddp_script(tmp_path, "--active")
+    assert ranks[0]["updates"] == ranks[1]["updates"] >= 3
+    assert ranks[0]["sampler"] == ranks[1]["sampler"]  # identical on every rank, no broadcast
+    assert ranks[0]["sampler"]["generation"] >= 3
+    assert ranks[0]["stats"]["completed"] == 24
+    for r in ranks:  # each rank's per-sample losses average to its module loss, every step
+        a, b = np.array(r["loss_pairs"]).T
+        np.testing.assert_allclose(a, b, rtol=1e-5)
