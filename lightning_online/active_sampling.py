@@ -87,8 +87,9 @@ class ActiveSampling(Callback):
         self.updates = 0
         self.last_losses: torch.Tensor | None = None
         self.last_stats: SimulationStats | None = None
-        # (step, sim_ids, losses, thetas) of recent steps, this rank only
-        self._obs: deque[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = deque()
+        # (step, sim_ids, losses) of recent steps, this rank only; parameters are looked up at
+        # update time, once per run, to keep the per-step cost small.
+        self._obs: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
         self._dm: OnlineDataModule | None = None
 
     @property
@@ -151,7 +152,7 @@ class ActiveSampling(Callback):
             )
         self.last_losses = losses
         step = trainer.global_step
-        self._obs.append((step, sim_ids, losses.float().cpu().numpy(), dm.theta_of(sim_ids)))
+        self._obs.append((step, sim_ids, losses.float().cpu().numpy()))
         while self._obs and self._obs[0][0] <= step - self.window:
             self._obs.popleft()
         if step % self.update_every_n_steps == 0:
@@ -169,15 +170,14 @@ class ActiveSampling(Callback):
         return reduce_per_sample(self.loss_fn(pred, self.target_fn(batch)))
 
     # ------------------------------------------------------------------ statistics
-    def _local_table(self, d: int, n_rows: int) -> np.ndarray:
+    def _local_table(self, dm: OnlineDataModule, n_rows: int) -> np.ndarray:
         """Rows by simulation id: [sum, count, sum_first_half, n_first, sum_second, n_second, theta]."""
-        table = np.zeros((n_rows, 6 + d))
+        table = np.zeros((n_rows, 6 + dm.space.dim))
         if not self._obs:
             return table
         steps = np.concatenate([np.full(len(o[1]), o[0]) for o in self._obs])
         ids = np.concatenate([o[1] for o in self._obs])
         loss = np.concatenate([o[2] for o in self._obs])
-        theta = np.concatenate([o[3] for o in self._obs])
         mid = (steps.min() + steps.max()) / 2.0
         first = steps <= mid
         np.add.at(table[:, 0], ids, loss)
@@ -186,7 +186,8 @@ class ActiveSampling(Callback):
         np.add.at(table[:, 3], ids[first], 1)
         np.add.at(table[:, 4], ids[~first], loss[~first])
         np.add.at(table[:, 5], ids[~first], 1)
-        table[ids, 6:] = theta  # each run's owner rank fills its parameters; others add zeros
+        runs = np.unique(ids)
+        table[runs, 6:] = dm.theta_of(runs)  # the run's own rank fills its parameters, others 0
         return table
 
     def _update(
@@ -197,8 +198,7 @@ class ActiveSampling(Callback):
         n_rows = int(strategy.reduce(torch.tensor(float(local_max)), reduce_op="max").item()) + 1
         if n_rows <= 0:
             return
-        d = dm.space.dim
-        table = torch.as_tensor(self._local_table(d, n_rows))
+        table = torch.as_tensor(self._local_table(dm, n_rows))
         table = strategy.reduce(table, reduce_op="sum").cpu().numpy()
         seen = table[:, 1] >= self.min_observed
         if not seen.any():
