@@ -133,6 +133,7 @@ def run(inp: BinaryIO, out: BinaryIO) -> None:
 
 def main() -> None:
     _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when a run stops
     read_fd, write_fd = int(sys.argv[1]), int(sys.argv[2])
     with os.fdopen(read_fd, "rb", buffering=0) as inp, os.fdopen(write_fd, "wb") as out:
         try:

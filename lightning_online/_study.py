@@ -79,6 +79,7 @@ _COLS = (
     "exhausted",
     "has_last",
     "buffer_size",
+    "unique_served",
     "error",
 )
 _C = {name: i for i, name in enumerate(_COLS)}
@@ -241,6 +242,7 @@ class Study:
                     b.exhausted,
                     bool(self._last),
                     len(b),
+                    b.stats()["unique_served"],
                     error,
                 ],
                 dtype=np.int64,
@@ -259,6 +261,7 @@ class Study:
             "samples_rejected": tot["samples_rejected"],
             "samples_served": tot["samples_served"],
             "samples_replayed": tot["samples_replayed"],
+            "mean_reuse": tot["samples_served"] / tot["unique_served"] if tot["unique_served"] else 0.0,
             "buffer_fill": float(col["buffer_size"].sum())
             / float(self.buffer.capacity * self.group.size),
         }

@@ -126,7 +126,16 @@ class Worker:
             return self._crashed(sim_id, 0, 0.0)
         steps, busy = 0, 0.0
         fd = box.inp.fileno()
+        next_stop_check = time.monotonic() + 0.05
         while True:
+            # A solver that streams without pause never lets select() time out: look for STOP
+            # on a clock, not only when idle.
+            if time.monotonic() >= next_stop_check:
+                next_stop_check = time.monotonic() + 0.05
+                if self._stop_requested():
+                    box.kill()
+                    self.sandbox = None
+                    return None
             # Only time spent waiting for the solver counts toward the timeout: time blocked in
             # Ssend is backpressure from a full buffer, not a slow solver.
             wait = 0.05
@@ -175,6 +184,8 @@ class Worker:
 
 
 def main() -> None:
+    # Ctrl-C reaches the whole process group; the training process decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from mpi4py import MPI
 
     comm = MPI.Comm.Get_parent()

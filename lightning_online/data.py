@@ -54,6 +54,7 @@ _STATS_KEYS = (
     "samples_rejected",
     "samples_served",
     "samples_replayed",
+    "mean_reuse",
     "buffer_fill",
 )
 

@@ -180,3 +180,77 @@ def test_ddp_two_ranks_identical_sampler_state_and_exact_losses(tmp_path):
     for r in ranks:  # each rank's per-sample losses average to its module loss, every step
         a, b = np.array(r["loss_pairs"]).T
         np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+class _TupleOut(Regressor):
+    """forward returns (prediction, extra): the default pred_fn takes the first element."""
+
+    def forward(self, x):
+        return self.net(x), x.sum()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self(x)[0], y)
+        return loss
+
+
+class _PerSample(Regressor):
+    """training_step hands out its own per-sample loss (here: absolute error)."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        err = (self(x) - y).abs().mean(dim=1)
+        return {"loss": err.mean(), "per_sample_loss": err}
+
+
+@pytest.mark.parametrize("model_cls", [_TupleOut, _PerSample])
+def test_tuple_outputs_and_per_sample_loss_from_training_step(model_cls):
+    active = ActiveSampling(update_every_n_steps=3, window=6)
+    cmp = _Compare(active)
+    dm = OnlineDataModule(
+        Smooth(n_steps=10),
+        ParameterSpace([0, 0], [1, 1]),
+        n_simulations=6,
+        batch_size=8,
+        buffer=FIFO(40, 8),
+        sampler=Breed(seed=0),
+    )
+    pl.Trainer(
+        callbacks=[active, cmp],
+        max_steps=1000,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    ).fit(model_cls(3, 1), dm)
+    a, b = np.array(cmp.pairs).T
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    assert active.updates >= 1 and dm.sampler.generation >= 1
+
+
+def test_plot_of_runs_by_loss_goes_to_tensorboard(tmp_path):
+    pytest.importorskip("matplotlib")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="steer")
+    active = ActiveSampling(update_every_n_steps=2, window=4, plot_every_n_updates=1)
+    dm = OnlineDataModule(
+        Smooth(n_steps=10),
+        ParameterSpace([0, 0], [1, 1]),
+        n_simulations=6,
+        batch_size=8,
+        buffer=FIFO(40, 8),
+        sampler=Breed(seed=0),
+    )
+    pl.Trainer(
+        callbacks=[active],
+        max_steps=1000,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        log_every_n_steps=1,
+    ).fit(Regressor(3, 1), dm)
+    acc = EventAccumulator(logger.log_dir)
+    acc.Reload()
+    assert "active/launched_parameters" in acc.Tags()["images"]
+    assert "active/sim_loss_max" in acc.Tags()["scalars"]

@@ -241,7 +241,12 @@ def test_solver_defined_in_main_script(tmp_path):
         "    print(json.dumps(dict(dm.stats)))\n"
     )
     out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        start_new_session=True,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     stats = json.loads(out.stdout.strip().splitlines()[-1])
@@ -259,6 +264,7 @@ def run_ddp_script(tmp_path, *args: str) -> list[dict]:
         timeout=240,
         env=env,
         cwd=tmp_path,
+        start_new_session=True,
     )
     assert out.returncode == 0, out.stderr[-4000:]
     return [json.loads((tmp_path / f"result.{r}.json").read_text()) for r in range(2)]

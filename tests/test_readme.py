@@ -26,7 +26,12 @@ def test_readme_example_runs(tmp_path):
     script = tmp_path / "first_fit.py"
     script.write_text(example)
     out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        start_new_session=True,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "'completed': 8" in out.stdout
