@@ -98,6 +98,11 @@ def run(inp: BinaryIO, out: BinaryIO) -> None:
     import cloudpickle
 
     solver = cloudpickle.loads(bytes(frame[1]))
+    # A solver may announce how many steps a run yields (an int attribute ``n_steps``, as the
+    # shipped solvers do); a run that ends early is then a failure, not a short success.
+    announced = getattr(solver, "n_steps", None)
+    if isinstance(announced, bool) or not isinstance(announced, int):
+        announced = None
     while True:
         frame = read_frame(inp)
         if frame is None or frame[0] != b"T":
@@ -124,6 +129,9 @@ def run(inp: BinaryIO, out: BinaryIO) -> None:
             else:
                 if n_steps == 0:
                     write_frame(out, b"E", b"the solver yielded no time step")
+                elif announced is not None and n_steps < announced:
+                    msg = f"the solver yielded {n_steps} of {announced} announced time steps"
+                    write_frame(out, b"E", msg.encode())
                 else:
                     write_frame(out, b"D", struct.pack("<q", n_steps))
         except Exception as exc:

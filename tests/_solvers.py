@@ -82,3 +82,50 @@ class HardCorner:
         return (
             (thetas[:, 0] > a0) & (thetas[:, 0] <= b0) & (thetas[:, 1] > a1) & (thetas[:, 1] <= b1)
         )
+
+
+class FaultAt:
+    """Healthy for theta[0] >= 0.5; for theta[0] < 0.5 it fails in one chosen way.
+
+    ``n_steps`` is announced (an int attribute), so a run that stops early is a failure.
+    """
+
+    def __init__(self, kind: str, n_steps: int = 6) -> None:
+        self.kind, self.n_steps = kind, n_steps
+
+    def __call__(self, theta: np.ndarray):
+        import sys
+
+        faulty = theta[0] < 0.5
+        kind = self.kind if faulty else "healthy"
+        if kind == "first_shape":
+            time.sleep(0.3)  # let healthy runs define the study's sample layout first
+        for k in range(self.n_steps):
+            x = np.array([theta[0], k / self.n_steps], dtype=np.float32)
+            y = np.array([np.sin(3 * theta[0])], dtype=np.float32)
+            if k == 2:
+                if kind == "raise":
+                    raise RuntimeError("solver diverged")
+                if kind == "exit":
+                    sys.exit(3)
+                if kind == "os_exit":
+                    os._exit(7)
+                if kind in ("sigkill", "sigsegv"):
+                    os.kill(os.getpid(), signal.SIGKILL if kind == "sigkill" else signal.SIGSEGV)
+                if kind == "hang":
+                    time.sleep(3600)
+                if kind == "nan":
+                    y[0] = np.nan
+                if kind == "inf":
+                    x[0] = np.inf
+                if kind == "shape":
+                    y = np.zeros(3, dtype=np.float32)
+                if kind == "dtype":
+                    y = y.astype(np.float64)
+                if kind == "fewer":
+                    return
+            if kind == "none":
+                return
+            if kind == "first_shape":
+                y = np.zeros(2, dtype=np.float32)
+            yield x, y
