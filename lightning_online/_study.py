@@ -83,6 +83,16 @@ _COLS = (
     "error",
 )
 _C = {name: i for i, name in enumerate(_COLS)}
+# Counters carried over from a checkpoint when a study resumes.
+_RESUMED = (  # "completed" first
+    "completed",
+    "failed",
+    "launched",
+    "samples_received",
+    "samples_rejected",
+    "samples_served",
+    "samples_replayed",
+)
 
 
 class Study:
@@ -110,7 +120,7 @@ class Study:
         self.group = group
         self.pool: Any = None  # set by the DataModule once workers are up
 
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.runs: dict[int, Run] = {}
         self._pending: deque[np.ndarray] = deque()
         self._retry: deque[tuple[np.ndarray, int]] = deque()
@@ -134,6 +144,12 @@ class Study:
         self.batch_info: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=64)
         self.stats: dict[str, float] = {}
         self.complete = False
+        # What a resumed study inherits from its checkpoint (identical on every rank).
+        self.base: dict[str, int] = dict.fromkeys(_RESUMED, 0)
+        self._restored_launched: list[tuple[float, np.ndarray]] = []
+        self.restored_completed: list[tuple[int, list[float]]] = []
+        self.failures_before: list[Any] = []
+        self.next_id_floor = 0
 
     # ------------------------------------------------------------------ receiver thread
     def next_task(self) -> tuple[int, np.ndarray] | None:
@@ -252,6 +268,8 @@ class Study:
         m = self.group.all_gather(self._snapshot(error))
         col = {name: m[:, i] for name, i in _C.items()}
         tot = {name: int(v.sum()) for name, v in col.items()}
+        for name, value in self.base.items():
+            tot[name] += value
         self.stats = {
             "launched": tot["launched"],
             "completed": tot["completed"],
@@ -286,7 +304,7 @@ class Study:
         # ranks with the fewest runs first, up to two runs' worth per worker so that a worker
         # that finishes finds its next run waiting.
         held = col["completed"] + col["running"] + col["permits"]
-        remaining = self.n_simulations - int(held.sum())
+        remaining = self.n_simulations - self.base["completed"] - int(held.sum())
         grants = np.zeros(self.group.size, dtype=np.int64)
         for r in np.argsort(held, kind="stable"):
             room = 2 * self.n_workers - col["running"][r] - col["permits"][r]
@@ -382,4 +400,73 @@ class Study:
 
     def launched_parameters(self) -> list[tuple[float, np.ndarray]]:
         with self._lock:
-            return [(r.launched_at, r.theta) for r in self.runs.values() if not r.validation]
+            own = [(r.launched_at, r.theta) for r in self.runs.values() if not r.validation]
+        return self._restored_launched + own
+
+    # ------------------------------------------------------------------ checkpoints
+    def export(self) -> dict[str, Any]:
+        """The whole study's state, identical on every rank (collective: every rank calls it).
+
+        Completed runs are recorded so a resumed study never runs them again; runs in flight or
+        waiting for a retry are recorded as unfinished and relaunched with the same parameters.
+        """
+        with self._lock:
+            local = {
+                "completed": [
+                    (r.sim_id, r.theta.tolist())
+                    for r in self.runs.values()
+                    if r.status == "completed" and not r.validation
+                ],
+                "unfinished": [
+                    (r.theta.tolist(), r.attempt)
+                    for r in self.runs.values()
+                    if r.status == "running" and not r.validation
+                ]
+                + [(t.tolist(), a) for t, a in self._retry],
+                "failures": [
+                    (r.sim_id, r.theta.tolist(), r.attempt, r.reason) for r in self.failures
+                ],
+                "launched": [(t, th.tolist()) for t, th in self.launched_parameters()],
+                "max_id": max(self.runs, default=-1),
+                "counters": {
+                    "failed": self.failed,
+                    "launched": self.launched,
+                    "samples_received": self.received,
+                    "samples_rejected": self.rejected,
+                    "samples_served": self.served,
+                    "samples_replayed": self.replayed,
+                },
+            }
+        parts = self.group.all_gather_object(local)
+        merged: dict[str, Any] = {"completed": [], "unfinished": [], "failures": []}
+        for p in parts:
+            for key in merged:
+                merged[key].extend(p[key])
+        merged["completed"].sort()
+        # launched parameters from earlier sessions appear once (every rank holds them)
+        launched = {(t, tuple(th)) for p in parts for t, th in p["launched"]}
+        merged["launched"] = [(t, list(th)) for t, th in sorted(launched)]
+        merged["next_id"] = max(p["max_id"] for p in parts) + 1
+        counters = {k: self.base[k] + sum(p["counters"][k] for p in parts) for k in _RESUMED[1:]}
+        counters["completed"] = self.base["completed"] + len(merged["completed"])
+        merged["counters"] = counters
+        merged["completed"] = self.restored_completed + merged["completed"]
+        merged["failures"] = self.failures_before + merged["failures"]
+        merged["next_id"] = max(merged["next_id"], self.next_id_floor)
+        return merged
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue a study from :meth:`export`'s state (on every rank, before training starts)."""
+        with self._lock:
+            self.base = {k: int(state["counters"].get(k, 0)) for k in _RESUMED}
+            self.restored_completed = [(i, list(t)) for i, t in state["completed"]]
+            self._restored_launched = [(t, np.asarray(th)) for t, th in state["launched"]]
+            self.next_id_floor = int(state["next_id"])
+            rank, size = self.group.rank, self.group.size
+            self._next_local = max(self._next_local, -(-(self.next_id_floor - rank) // size))
+            self._pending.clear()
+            for i, (theta, attempt) in enumerate(state["unfinished"]):
+                if i % size == rank:
+                    self._retry.append((np.asarray(theta, dtype=np.float64), int(attempt)))
+            self.failures_before = list(state["failures"])
+

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -127,6 +128,8 @@ class WorkerPool:
             "python_path": python_path,
             "run_timeout": self.run_timeout,
             "poll_interval": self.poll_interval,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
         }
         comm.bcast(config, root=MPI.ROOT)
         return MPI, comm

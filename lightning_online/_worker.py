@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -87,6 +88,40 @@ class Worker:
         self.run_timeout: float | None = config["run_timeout"]
         self.poll: float = config.get("poll_interval", 1e-3)
         self.sandbox: _Sandbox | None = None
+        self._trainer = (config.get("host"), config.get("pid"))
+        self._next_alive_check = 0.0
+
+    def _check_trainer(self) -> None:
+        """Exit if the training process is gone (e.g. killed with SIGKILL).
+
+        The MPI process manager does not always take spawned processes down with a dead parent;
+        a worker left behind would wait (or spin in MPI progress) forever.
+        """
+        now = time.monotonic()
+        if now < self._next_alive_check:
+            return
+        self._next_alive_check = now + 1.0
+        host, pid = self._trainer
+        if pid is None or host != socket.gethostname():
+            return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            self.close()
+            os._exit(1)
+        except PermissionError:
+            pass
+
+    def _send_sample(self, payload: bytearray) -> None:
+        """Synchronous send, polled: completes only once the trainer receives it (backpressure),
+        without spinning a core in MPI progress while the trainer's buffer is full."""
+        MPI = self.MPI
+        req = self.comm.Issend([np.frombuffer(payload, dtype=np.uint8), MPI.BYTE], 0, TAG_SAMPLE)
+        spin_until = time.monotonic() + 5e-4
+        while not req.Test():
+            if time.monotonic() > spin_until:
+                time.sleep(self.poll)
+                self._check_trainer()
 
     def _stop_requested(self) -> bool:
         return bool(self.comm.Iprobe(source=0, tag=TAG_STOP))
@@ -97,6 +132,7 @@ class Worker:
         idle = 0
         while True:
             if not comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=status):
+                self._check_trainer()
                 idle += 1
                 time.sleep(self.poll if idle < 1000 else 10 * self.poll)
                 continue
@@ -132,6 +168,7 @@ class Worker:
             # on a clock, not only when idle.
             if time.monotonic() >= next_stop_check:
                 next_stop_check = time.monotonic() + 0.05
+                self._check_trainer()
                 if self._stop_requested():
                     box.kill()
                     self.sandbox = None
@@ -200,6 +237,7 @@ def main() -> None:
         comm.Send([msg, MPI.BYTE], dest=0, tag=TAG_FATAL)
         # wait for STOP so the trainer's shutdown handshake still completes
         while not comm.Iprobe(source=0, tag=TAG_STOP):
+            worker._check_trainer()
             time.sleep(0.01)
         comm.Recv([np.zeros(0, np.uint8), MPI.BYTE], source=0, tag=TAG_STOP)
     finally:

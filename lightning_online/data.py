@@ -323,7 +323,6 @@ class OnlineDataModule(pl.LightningDataModule):
         )
         self._pool.start()
         self._study.pool = self._pool
-        self._study.sync()  # hand out the first permits: runs start while Lightning sets up
 
     def _simulate_validation(self) -> None:
         group = self._group
@@ -373,6 +372,10 @@ class OnlineDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self._study is None:
             raise RuntimeError("OnlineDataModule.setup('fit') must run before train_dataloader()")
+        # Hand out the first permits now, so runs start while Lightning finishes setting up
+        # (sanity check). Not earlier: a checkpoint, restored after setup(), may say how much of
+        # the budget is already done. Lightning calls this on every rank at the same point.
+        self._study.sync()
         return DataLoader(_Batches(self), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
@@ -391,10 +394,31 @@ class OnlineDataModule(pl.LightningDataModule):
         self._finish(collective=False)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state_dict(), "stats": dict(self._stats)}
+        """Sampler state and the study's progress, saved in Lightning checkpoints.
+
+        Collective under DDP (every rank calls it when Lightning saves a checkpoint): the state
+        describes the whole study and is identical on every rank, since only rank 0 writes it.
+        The buffer's contents are not saved: a live stream cannot be replayed.
+        """
+        state: dict[str, Any] = {"sampler": self.sampler.state_dict(), "stats": dict(self._stats)}
+        if self._study is None:
+            return state
+        interrupted = self.trainer is not None and self.trainer.interrupted
+        if interrupted and self._group is not None and self._group.size > 1:
+            # A checkpoint saved from an exception handler may run on one rank only; a
+            # collective here could hang. Such a checkpoint keeps the sampler, not the study.
+            rank_zero_warn(
+                "checkpoint saved after an exception under DDP holds no study progress; "
+                "resume from a periodic checkpoint to continue the study exactly"
+            )
+            return state
+        state["study"] = self._study.export()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state_dict["sampler"])
+        if "study" in state_dict and self._study is not None:
+            self._study.restore(state_dict["study"])
         self.refresh_parameters()
 
     # ------------------------------------------------------------------ internals

@@ -26,7 +26,7 @@ if __name__ == "__main__":
     ckpt_dir = sys.argv[1] if len(sys.argv) > 1 else "-"
     callbacks = [Ready()]
     if ckpt_dir != "-":
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True))
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_on_exception=True))
     dm = OnlineDataModule(
         Smooth(n_steps=100_000, delay=0.002),
         ParameterSpace([0, 0], [1, 1]),
