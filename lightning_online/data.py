@@ -339,21 +339,31 @@ class OnlineDataModule(pl.LightningDataModule):
         ids = study.queue_validation(thetas)
         pool.wake()
         attempts = dict.fromkeys(ids, 0)
+        problem = ""
         while True:
-            if pool.error is not None:
-                raise StudyError("the solver workers failed during validation") from pool.error
+            # Ranks decide together (one small all-gather per round): a rank that gives up alone
+            # would leave the others waiting in a collective.
+            if not problem and pool.error is not None:
+                problem = f"the solver workers failed during validation: {pool.error}"
             runs = [study.runs.get(i) for i in ids]
             for i, r in zip(ids, runs, strict=True):
-                if r is not None and r.status == "failed":
-                    attempts[i] += 1
-                    if attempts[i] > self.max_retries:
-                        raise StudyError(
-                            f"validation run {-i - 1} (theta={r.theta}) failed "
-                            f"{attempts[i]} times: {r.reason.strip()}"
-                        )
+                if problem or r is None or r.status != "failed":
+                    continue
+                attempts[i] += 1
+                if attempts[i] > self.max_retries:
+                    problem = (
+                        f"validation run {-i - 1} (theta={r.theta}) failed {attempts[i]} times: "
+                        f"{r.reason.strip()}"
+                    )
+                else:
                     study.requeue_validation(i)
                     pool.wake()
-            if all(r is not None and r.status == "completed" for r in runs):
+            done = all(r is not None and r.status == "completed" for r in runs)
+            status = group.all_gather(np.array([bool(problem), done]))
+            if status[:, 0].any():
+                bad = np.flatnonzero(status[:, 0]).tolist()
+                raise StudyError(problem or f"validation runs failed on rank(s) {bad}")
+            if status[:, 1].all():
                 break
             time.sleep(0.01)
         local = {-i - 1: study.val_samples[i] for i in ids}

@@ -253,7 +253,7 @@ def test_solver_defined_in_main_script(tmp_path):
     assert stats["completed"] == 4 and stats["samples_served"] == 20
 
 
-def run_ddp_script(tmp_path, *args: str) -> list[dict]:
+def run_ddp_script(tmp_path, *args: str, check: bool = True) -> list[dict]:
     """Run tests/scripts/ddp_fit.py (2 CPU ranks, gloo) and read what each rank wrote."""
     result = tmp_path / "result"
     env = dict(os.environ, PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -266,8 +266,24 @@ def run_ddp_script(tmp_path, *args: str) -> list[dict]:
         cwd=tmp_path,
         start_new_session=True,
     )
+    if not check:
+        return out
     assert out.returncode == 0, out.stderr[-4000:]
     return [json.loads((tmp_path / f"result.{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_ddp_one_rank_whose_solvers_all_fail_does_not_hang_the_other(tmp_path, validation):
+    args = ["--rank1-fails"] + ([] if validation else ["--no-val"])
+    out = run_ddp_script(tmp_path, *args, check=False)  # bounded by its timeout
+    assert out.returncode != 0
+    # both ranks stop together with the reason, during validation or during training
+    expected = "validation runs failed on rank(s) [1]" if validation else "max_failed_fraction"
+    for rank in (0, 1):
+        assert f"[rank{rank}]: lightning_online._study.StudyError: " in out.stderr
+    assert expected in out.stderr
+    assert "this node's solver installation is broken" in out.stderr
+    assert not list(tmp_path.glob("result.*.json"))  # neither rank carried on as if all was well
 
 
 def test_ddp_two_ranks_unequal_speeds_do_not_hang(tmp_path):

@@ -38,6 +38,17 @@ class RankSpeed:
             yield x, np.sin(3 * x[:1]).astype(np.float32)
 
 
+class Rank1Fails(RankSpeed):
+    """Every run on rank 1 fails (as if its node were broken); rank 0 is healthy."""
+
+    def __call__(self, theta):
+        import os
+
+        if os.environ.get("LOCAL_RANK", "0") == "1":
+            raise RuntimeError("this node's solver installation is broken")
+        return super().__call__(theta)
+
+
 class SlowStep(Callback):
     """Rank 0 trains slower per step too, so ranks arrive at each step at different times."""
 
@@ -60,6 +71,7 @@ class LossPairs(Callback):
 if __name__ == "__main__":
     out = sys.argv[1]
     steer = len(sys.argv) > 2 and sys.argv[2] == "--active"
+    rank1_fails = len(sys.argv) > 2 and sys.argv[2] == "--rank1-fails"
     callbacks = [SlowStep()]
     sampler = Halton(seed=1)
     if steer:
@@ -67,14 +79,14 @@ if __name__ == "__main__":
         active = ActiveSampling(update_every_n_steps=2, window=10)
         callbacks += [active, LossPairs(active)]
     dm = OnlineDataModule(
-        RankSpeed(),
+        Rank1Fails() if rank1_fails else RankSpeed(),
         ParameterSpace([0, 0], [1, 1]),
         n_simulations=24,
         batch_size=8,
         n_workers=2,
         sampler=sampler,
         buffer=FIFO(64, watermark=16),
-        val_parameters=3,
+        val_parameters=None if "--no-val" in sys.argv else 3,
     )
     trainer = pl.Trainer(
         accelerator="cpu",
