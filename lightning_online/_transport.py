@@ -4,7 +4,7 @@ Runs on every training rank. One background thread (the *receiver*) makes every 
 training process, so the rest of the package never touches MPI and DataLoader processes never fork
 an MPI process. It polls with ``Iprobe`` and a short sleep rather than a blocking ``Recv`` (which
 would busy-spin a core), and it stops receiving samples while the buffer has no room, so workers
-block in ``Ssend`` (backpressure) instead of the training process's memory growing.
+block in their synchronous sends (backpressure) instead of the training process's memory growing.
 """
 
 from __future__ import annotations
@@ -195,9 +195,16 @@ class WorkerPool:
                 idle_polls = 0
             else:
                 idle_polls += 1
-                # Back off when nothing happens for a while (e.g. a full buffer): a 1 ms poll
-                # costs little, a 10 ms poll almost nothing.
-                self._wake.wait(self.poll_interval if idle_polls < 200 else 10 * self.poll_interval)
+                # Right after traffic, poll fast (the next message is usually microseconds
+                # away); then back off: a 1 ms poll costs little, a 10 ms poll almost nothing.
+                if idle_polls < 100:
+                    time.sleep(0)  # let other threads run, then probe again (~tens of us)
+                    continue
+                if idle_polls < 300:
+                    delay = self.poll_interval
+                else:
+                    delay = 10 * self.poll_interval
+                self._wake.wait(delay)
                 self._wake.clear()
 
     def _shutdown(self, MPI, comm, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]

@@ -1,9 +1,9 @@
 """A long-lived MPI worker, spawned by a training rank, that runs solver calls it is given.
 
 The worker never runs solver code itself: it keeps one sandbox process (``_runner``) per worker,
-sends it one parameter set at a time and forwards every yielded sample to the training rank with a
-synchronous send (``Ssend``), so a full buffer on the training side blocks the worker, the pipe and
-then the solver (backpressure end to end). When the sandbox crashes, hangs past ``run_timeout`` or
+sends it one parameter set at a time and forwards every yielded sample to the training rank with
+synchronous sends (``Issend``, a few in flight), so a full buffer on the training side blocks the
+worker, the pipe and then the solver (backpressure end to end). When the sandbox crashes, hangs past ``run_timeout`` or
 reports an error, the worker tells the training rank how the run ended and starts a new sandbox for
 the next run. Only this module and ``_transport`` talk MPI.
 
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from lightning_online._runner import read_frame, write_frame
 from lightning_online._wire import encode_end
 
 TAG_TASK, TAG_STOP, TAG_SAMPLE, TAG_END, TAG_BYE, TAG_FATAL = range(11, 17)
+_WINDOW = 16  # synchronous sends in flight per worker
 
 # Variables of the MPI process manager: a solver that imports mpi4py must not believe it belongs
 # to the worker's MPI job.
@@ -90,6 +92,7 @@ class Worker:
         self.sandbox: _Sandbox | None = None
         self._trainer = (config.get("host"), config.get("pid"))
         self._next_alive_check = 0.0
+        self._inflight: deque[tuple[Any, bytearray]] = deque()
 
     def _check_trainer(self) -> None:
         """Exit if the training process is gone (e.g. killed with SIGKILL).
@@ -113,14 +116,34 @@ class Worker:
             pass
 
     def _send_sample(self, payload: bytearray) -> None:
-        """Synchronous send, polled: completes only once the trainer receives it (backpressure),
-        without spinning a core in MPI progress while the trainer's buffer is full."""
+        """Synchronous sends, a few in flight: a send completes only once the trainer receives it,
+        so at most ``_WINDOW`` samples per worker are ahead of the trainer's buffer (backpressure),
+        while the window keeps the pipe full when there is room."""
         MPI = self.MPI
         req = self.comm.Issend([np.frombuffer(payload, dtype=np.uint8), MPI.BYTE], 0, TAG_SAMPLE)
-        spin_until = time.monotonic() + 5e-4
+        self._inflight.append((req, payload))
+        while self._inflight and self._inflight[0][0].Test():
+            self._inflight.popleft()
+        if len(self._inflight) > _WINDOW:
+            self._wait(self._inflight[0][0])
+            self._inflight.popleft()
+
+    def _flush(self) -> None:
+        while self._inflight:
+            self._wait(self._inflight[0][0])
+            self._inflight.popleft()
+
+    def _wait(self, req: Any) -> None:
+        """Poll a request without spinning a core in MPI progress (a full buffer can hold it for
+        minutes), and exit if the trainer is gone meanwhile."""
+        for _ in range(50):  # the receiver usually answers within microseconds
+            if req.Test():
+                return
+        t0 = time.monotonic()
         while not req.Test():
-            if time.monotonic() > spin_until:
-                time.sleep(self.poll)
+            waited = time.monotonic() - t0
+            time.sleep(5e-5 if waited < 0.01 else self.poll)
+            if waited > 0.01:
                 self._check_trainer()
 
     def _stop_requested(self) -> bool:
@@ -144,12 +167,12 @@ class Worker:
             task = buf.view(np.float64)
             sim_id = int(task[0])
             report = self.run(sim_id, task[1:].tobytes())
+            self._flush()  # every sample of the run is received before its report
             if report is None:  # stopped mid-run; the STOP message is still queued
                 continue
             comm.Send([report, MPI.BYTE], dest=0, tag=TAG_END)
 
     def run(self, sim_id: int, task_theta: bytes) -> np.ndarray | None:
-        MPI, comm = self.MPI, self.comm
         if self.sandbox is None or self.sandbox.proc.poll() is not None:
             if self.sandbox is not None:
                 self.sandbox.kill()
@@ -174,7 +197,7 @@ class Worker:
                     self.sandbox = None
                     return None
             # Only time spent waiting for the solver counts toward the timeout: time blocked in
-            # Ssend is backpressure from a full buffer, not a slow solver.
+            # a synchronous send is backpressure from a full buffer, not a slow solver.
             wait = 0.05
             if self.run_timeout is not None:
                 wait = max(0.0, min(wait, self.run_timeout - busy))
@@ -198,9 +221,7 @@ class Worker:
                 return self._crashed(sim_id, steps, busy)
             kind, payload = frame
             if kind == b"S":
-                comm.Ssend(
-                    [np.frombuffer(payload, dtype=np.uint8), MPI.BYTE], dest=0, tag=TAG_SAMPLE
-                )
+                self._send_sample(payload)
                 steps += 1
             elif kind == b"D":
                 return encode_end(sim_id, True, steps, busy)
@@ -242,6 +263,7 @@ def main() -> None:
         comm.Recv([np.zeros(0, np.uint8), MPI.BYTE], source=0, tag=TAG_STOP)
     finally:
         worker.close()
+    worker._flush()
     comm.Send([np.zeros(0, np.uint8), MPI.BYTE], dest=0, tag=TAG_BYE)
     comm.Disconnect()
 

@@ -1,0 +1,161 @@
+"""Transport: bytes per second through the package's MPI path versus raw mpi4py Send/Recv.
+
+Both sides run in this one script, alternating, with the same message size between a training
+process and one spawned MPI process:
+
+(a) raw: a spawned process ``Send``s N preallocated messages; this process ``Recv``s them;
+(b) package: ``WorkerPool`` runs a solver that yields N arrays of the same size; samples go
+    runner -> pipe -> worker -> ``Issend`` -> receiver thread -> decoded sample -> consumer.
+
+Reports the median ratio package/raw per message size (target >= 0.8) and the maximum message
+rate one receiving rank sustains (small messages).
+
+    python benchmarks/transport.py [--sizes 1024 65536 1048576] [--messages 2000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import save, summary, table
+
+RAW_CHILD = """
+import sys
+import numpy as np
+from mpi4py import MPI
+comm = MPI.Comm.Get_parent()
+size, n = int(sys.argv[1]), int(sys.argv[2])
+buf = np.ones(size, dtype=np.uint8)
+comm.Barrier()
+for _ in range(n):
+    comm.Send([buf, MPI.BYTE], dest=0, tag=1)
+comm.Barrier()
+comm.Disconnect()
+"""
+
+
+def raw(size: int, n: int) -> float:
+    from mpi4py import MPI
+
+    # (a file, not -c: the process manager's spawn command cannot carry newlines)
+    script = Path(tempfile.gettempdir()) / "lightning_online_raw_sender.py"
+    script.write_text(RAW_CHILD)
+    comm = MPI.COMM_SELF.Spawn(sys.executable, [str(script), str(size), str(n)], maxprocs=1)
+    buf = np.empty(size, dtype=np.uint8)
+    comm.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        comm.Recv([buf, MPI.BYTE], source=0, tag=1)
+    dt = time.perf_counter() - t0
+    comm.Barrier()
+    comm.Disconnect()
+    return size * n / dt
+
+
+class Blocks:
+    """A solver that yields ``n`` arrays of ``size`` bytes as fast as it can."""
+
+    def __init__(self, size: int, n: int) -> None:
+        self.size, self.n = size, n
+
+    def __call__(self, theta):
+        block = np.ones(self.size, dtype=np.uint8)
+        for _ in range(self.n):
+            yield (block,)
+
+
+class Sink:
+    """The pool's handler: decodes every sample and counts bytes; always has room."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.bytes, self.count, self.t_first = n, 0, 0, 0.0
+        self.done = threading.Event()
+        self.task_given = False
+
+    def next_task(self):
+        if self.task_given:
+            return None
+        self.task_given = True
+        return 0, np.zeros(1)
+
+    def has_room(self) -> bool:
+        return True
+
+    def on_sample(self, blob) -> None:
+        from lightning_online._wire import decode_sample
+
+        s = decode_sample(blob)
+        if self.count == 0:
+            self.t_first = time.perf_counter()
+        self.count += 1
+        self.bytes += s.fields[0].nbytes
+
+    def on_end(self, *args) -> None:
+        self.t_end = time.perf_counter()
+        self.done.set()
+
+
+def package(size: int, n: int) -> float:
+    from lightning_online._transport import WorkerPool
+
+    sink = Sink(n)
+    pool = WorkerPool(cloudpickle.dumps(Blocks(size, n + 1)), 1, sink)
+    pool.start()
+    sink.done.wait(600)
+    pool.stop()
+    # time from the first sample to the end: excludes process start-up, as the raw side does
+    return sink.bytes * (n / (n + 1)) / (sink.t_end - sink.t_first)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 65536, 1048576])
+    p.add_argument("--messages", type=int, default=2000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args()
+    rows, result = [], {"sizes": {}}
+    for size in a.sizes:
+        n = max(50, min(a.messages, int(2e9 // size)))
+        ratios, raws, pkgs = [], [], []
+        for _ in range(a.repeats):
+            r = raw(size, n)
+            k = package(size, n)
+            raws.append(r)
+            pkgs.append(k)
+            ratios.append(k / r)
+        s = summary(ratios)
+        result["sizes"][size] = {
+            "raw_MBps": summary([x / 1e6 for x in raws]),
+            "package_MBps": summary([x / 1e6 for x in pkgs]),
+            "ratio": s,
+            "package_msgs_per_s": summary([x / size for x in pkgs]),
+        }
+        rows.append(
+            [
+                size,
+                np.median(raws) / 1e6,
+                np.median(pkgs) / 1e6,
+                s["median"],
+                f"{s['min']:.3f}-{s['max']:.3f}",
+                np.median(pkgs) / size,
+            ]
+        )
+    print(
+        table(rows, ["bytes/msg", "raw MB/s", "package MB/s", "ratio", "spread", "package msg/s"])
+    )
+    print("target: ratio >= 0.8")
+    print(f"wrote {save('transport', result, a.out)}")
+
+
+if __name__ == "__main__":
+    main()
