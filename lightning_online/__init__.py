@@ -29,6 +29,7 @@ _LAZY = {
     "Solver": "lightning_online.data",
     "StudyError": "lightning_online._study",
     "ActiveSampling": "lightning_online.active_sampling",
+    "StudyMonitor": "lightning_online.monitor",
     "Breed": "lightning_online.steering",
     "LossProportional": "lightning_online.steering",
     "SimulationStats": "lightning_online.steering",
@@ -50,6 +51,7 @@ __all__ = [
     "SimulationStats",
     "Solver",
     "StudyError",
+    "StudyMonitor",
     "Uniform",
 ]
 
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from lightning_online.active_sampling import ActiveSampling
     from lightning_online.buffers import FIFO, FIRO, Buffer, Reservoir
     from lightning_online.data import OnlineDataModule, Solver
+    from lightning_online.monitor import StudyMonitor
     from lightning_online.sampling import Halton, LatinHypercube, ParameterSpace, Sampler, Uniform
     from lightning_online.steering import Breed, LossProportional, SimulationStats
 

@@ -279,7 +279,9 @@ class Study:
             "samples_rejected": tot["samples_rejected"],
             "samples_served": tot["samples_served"],
             "samples_replayed": tot["samples_replayed"],
-            "mean_reuse": tot["samples_served"] / tot["unique_served"] if tot["unique_served"] else 0.0,
+            "mean_reuse": tot["samples_served"] / tot["unique_served"]
+            if tot["unique_served"]
+            else 0.0,
             "buffer_fill": float(col["buffer_size"].sum())
             / float(self.buffer.capacity * self.group.size),
         }
@@ -469,4 +471,3 @@ class Study:
                 if i % size == rank:
                     self._retry.append((np.asarray(theta, dtype=np.float64), int(attempt)))
             self.failures_before = list(state["failures"])
-

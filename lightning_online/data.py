@@ -139,7 +139,7 @@ class OnlineDataModule(pl.LightningDataModule):
         buffer: Buffer | None = None,
         batch_size: int = 32,
         n_workers: int = 2,
-        val_parameters: int | np.ndarray | None = None,
+        val_parameters: int | list[list[float]] | np.ndarray | None = None,
         val_batch_size: int | None = None,
         val_loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         run_timeout: float | None = None,

@@ -1,0 +1,118 @@
+"""``lightning-online``: the command line of online studies (a ``LightningCLI``).
+
+::
+
+    lightning-online fit --config recipes/heat2d.yaml
+    lightning-online fit --config recipes/heat2d.yaml --trainer.max_steps=200 --data.n_simulations=32
+    lightning-online fit --config recipes/heat2d.yaml --data.sampler=Breed --trainer.callbacks+=ActiveSampling
+    lightning-online fit --config recipes/heat2d.yaml --print_config > my_study.yaml
+    lightning-online validate --config recipes/heat2d.yaml --ckpt_path=runs/heat2d/.../last.ckpt
+
+What differs from a plain ``LightningCLI``:
+
+* ``data`` is always an :class:`~lightning_online.OnlineDataModule`: its arguments sit directly
+  under ``data:`` (``data.solver``, ``data.space``, ``data.n_simulations``, ...); ``model`` is
+  any LightningModule, given by ``class_path``.
+* ``monitor`` configures the :class:`~lightning_online.monitor.StudyMonitor` callback, which is
+  always on (the live view; e.g. ``--monitor.plot=false``).
+* Config files are read with OmegaConf (``parser_mode="omegaconf"``), so a recipe can refer to
+  one value from several places (``${data.solver.init_args.nx}``). Interpolations are resolved
+  when the file is read: a command-line override changes the value it names, not the places of
+  the file that copy it (override those too).
+* Class names of this package work as shorthands: ``--data.sampler=Breed``,
+  ``--data.buffer=FIFO``, ``--trainer.callbacks+=ActiveSampling``, ``--model=FNO1D``.
+* ``torch_num_threads`` (default: automatic) limits torch's CPU threads so that training does not
+  fight the solver processes for cores (see :func:`auto_num_threads`).
+* The config of each ``fit`` is saved as ``config.yaml`` in the run's log folder, overwriting an
+  older one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+# Imported so that their classes are known to the parser by their short names.
+from lightning_online import models as _models  # noqa: F401
+from lightning_online import solvers as _solvers  # noqa: F401
+from lightning_online.active_sampling import ActiveSampling  # noqa: F401
+from lightning_online.buffers import FIFO, FIRO, Reservoir  # noqa: F401
+from lightning_online.data import OnlineDataModule
+from lightning_online.monitor import StudyMonitor
+from lightning_online.sampling import Halton, LatinHypercube, ParameterSpace, Uniform  # noqa: F401
+from lightning_online.steering import Breed, LossProportional  # noqa: F401
+
+__all__ = ["OnlineCLI", "auto_num_threads", "main"]
+
+#: jsonargparse parser mode of the CLI: YAML with OmegaConf interpolation.
+PARSER_MODE = "omegaconf"
+
+
+def auto_num_threads(n_workers: int) -> int | None:
+    """Torch CPU threads that leave one core per solver worker: ``cores - n_workers`` (>= 1).
+
+    ``None`` (leave torch alone) when ``OMP_NUM_THREADS`` is set or torch already uses fewer.
+    Torch's OpenMP threads spin while they wait; on a machine whose cores are busy with solver
+    processes, that makes every training step many times slower.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    n = max(1, cores - max(0, int(n_workers)))
+    return n if n < torch.get_num_threads() else None
+
+
+class OnlineCLI(LightningCLI):
+    """``LightningCLI`` for online studies: an ``OnlineDataModule``, any model, a ``StudyMonitor``.
+
+    Takes the arguments of ``LightningCLI``; by default ``datamodule_class`` is
+    ``OnlineDataModule`` (not in subclass mode), ``model_class`` any LightningModule (subclass
+    mode), the parser mode ``omegaconf`` and configs are saved with ``overwrite=True``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("datamodule_class", OnlineDataModule)
+        kwargs.setdefault("subclass_mode_data", False)
+        parser_kwargs = dict(kwargs.pop("parser_kwargs", None) or {})
+        parser_kwargs.setdefault("parser_mode", PARSER_MODE)
+        parser_kwargs.setdefault("allow_abbrev", False)  # jsonargparse 5 default; no warnings
+        kwargs["parser_kwargs"] = parser_kwargs
+        save_kwargs = dict(kwargs.pop("save_config_kwargs", None) or {})
+        save_kwargs.setdefault("overwrite", True)
+        kwargs["save_config_kwargs"] = save_kwargs
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(StudyMonitor, "monitor")
+        parser.add_argument(
+            "--torch_num_threads",
+            type=int | None,
+            default=None,
+            help="CPU threads of torch in the training process; null: all cores minus one per "
+            "solver worker (unless OMP_NUM_THREADS is set)",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        n = config.get("torch_num_threads")
+        if n is None:
+            n = auto_num_threads(config.get("data", {}).get("n_workers", 0) or 0)
+        elif n < 1:
+            raise ValueError(f"torch_num_threads must be a positive integer, got {n}")
+        if n is not None:
+            torch.set_num_threads(int(n))
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``lightning-online`` console script (``args``: default ``sys.argv``)."""
+    OnlineCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

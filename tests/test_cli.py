@@ -1,0 +1,263 @@
+"""The ``lightning-online`` command line and its recipes: every recipe runs end to end (tiny
+settings, in process), ``--print_config`` round-trips, overrides and shorthands work, and the
+recipe models behave as documented."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_online.active_sampling import ActiveSampling
+from lightning_online.cli import OnlineCLI, auto_num_threads, main
+from lightning_online.models import CNN1D, FNO1D, FieldMLP
+from lightning_online.monitor import StudyMonitor
+
+ROOT = Path(__file__).parent.parent
+RECIPES = ROOT / "recipes"
+NAMES = ["heat2d", "burgers1d", "allen_cahn1d"]
+ALL = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+# A few runs of a few steps on small grids: seconds per recipe on two cores.
+TINY = {
+    "heat2d": ["--data.solver.init_args.n_steps=5"],
+    "burgers1d": ["--data.solver.init_args.nx=32", "--data.solver.init_args.n_steps=5"],
+    "allen_cahn1d": ["--data.solver.init_args.nx=32", "--data.solver.init_args.n_steps=5"],
+}
+COMMON = [
+    "--data.n_simulations=4",
+    "--data.val_parameters=2",
+    "--data.batch_size=8",
+    "--data.buffer.init_args.capacity=64",
+    "--data.buffer.init_args.watermark=8",
+    "--trainer.max_steps=20",
+    "--trainer.val_check_interval=3",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+STEERING = ["--trainer.callbacks.update_every_n_steps=2", "--trainer.callbacks.window=4"]
+
+
+@pytest.fixture(autouse=True)
+def cli_process(monkeypatch):
+    """As if started from the shell; the CLI sets torch's threads: restore them afterwards."""
+    monkeypatch.setattr(sys, "argv", ["lightning-online"])
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_args(name: str, root: Path) -> list[str]:
+    base = name.removesuffix("_breed")
+    args = ["--config", str(RECIPES / f"{name}.yaml"), *TINY[base], *COMMON]
+    if name.endswith("_breed"):
+        args += STEERING
+    return [*args, f"--trainer.default_root_dir={root}"]
+
+
+def print_config(args: list[str], capsys) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        OnlineCLI(args=[*args, "--print_config"])
+    assert exc.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_recipes_come_in_plain_and_breed_pairs():
+    assert ALL == sorted([*NAMES, *(f"{n}_breed" for n in NAMES)])
+
+
+def test_breed_variants_differ_only_in_sampler_callbacks_and_folder():
+    for name in NAMES:
+        plain = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
+        bred = yaml.safe_load((RECIPES / f"{name}_breed.yaml").read_text())
+        assert bred["data"]["sampler"]["class_path"] == "lightning_online.Breed"
+        callbacks = [c["class_path"] for c in bred["trainer"]["callbacks"]]
+        assert "lightning_online.ActiveSampling" in callbacks
+        for cfg in (plain, bred):
+            del cfg["data"]["sampler"], cfg["trainer"]["callbacks"]
+            del cfg["trainer"]["default_root_dir"]
+        assert plain == bred, name
+
+
+# ---------------------------------------------------------------------------- whole recipes
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("no_orphans")
+def test_recipe_runs_through_the_cli(name, tmp_path, capsys):
+    cli = OnlineCLI(args=["fit", *tiny_args(name, tmp_path)])
+    dm, trainer = cli.datamodule, cli.trainer
+    assert dm.stats["completed"] == 4 and dm.stats["failed"] == 0
+    assert trainer.global_step > 0
+
+    # The live view: progress bar figures, summary table, pictures, saved config.
+    monitor = next(c for c in trainer.callbacks if isinstance(c, StudyMonitor))
+    for key in ("runs_launched", "runs_done", "runs_failed", "buffer_fill"):
+        assert key in trainer.progress_bar_metrics
+    assert monitor.summary is not None and monitor.summary["runs_completed"] == 4
+    assert monitor.summary["val_runs"] == 2
+    out = capsys.readouterr().out
+    assert "online study summary" in out and "validation error" in out
+    log_dir = Path(trainer.log_dir)
+    assert (log_dir / "val_error_last.png").stat().st_size > 1000
+    assert json.loads((log_dir / "study_summary.json").read_text())["runs_completed"] == 4
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert saved["data"]["n_simulations"] == 4
+
+    if name.endswith("_breed"):
+        steer = next(c for c in trainer.callbacks if isinstance(c, ActiveSampling))
+        assert type(dm.sampler).__name__ == "Breed"
+        assert steer.updates >= 1
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("no_orphans")
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
+def test_validate_and_test_from_a_checkpoint(tmp_path, capsys):
+    cli = OnlineCLI(args=["fit", *tiny_args("heat2d", tmp_path)])
+    ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    assert ckpt.exists()
+    args = [*tiny_args("heat2d", tmp_path / "eval"), f"--ckpt_path={ckpt}"]
+    val = OnlineCLI(args=["validate", *args])
+    assert "val_loss" in val.trainer.callback_metrics
+    assert val.datamodule.val_report is not None
+    test = OnlineCLI(args=["test", *args])
+    assert "test_loss" in test.trainer.callback_metrics
+
+
+# ---------------------------------------------------------------------------- configuration
+@pytest.mark.parametrize("name", ALL)
+def test_print_config_round_trips(name, tmp_path, capsys):
+    first = print_config(["fit", "--config", str(RECIPES / f"{name}.yaml")], capsys)
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(first)
+    second = print_config(["fit", "--config", str(saved)], capsys)
+    assert first == second
+    cfg = yaml.safe_load(first)
+    assert cfg["data"]["space"]["class_path"] == "lightning_online.ParameterSpace"
+    assert "monitor" in cfg
+
+
+def test_overrides_shorthands_and_interpolation(capsys):
+    args = [
+        "fit",
+        "--config",
+        str(RECIPES / "heat2d.yaml"),
+        "--trainer.max_steps=200",
+        "--data.n_simulations=32",
+        "--data.sampler=Breed",
+        "--data.buffer=FIFO",
+        "--data.buffer.capacity=500",
+        "--trainer.callbacks+=ActiveSampling",
+        "--data.val_parameters=[[100, 200, 300, 400, 500]]",
+        "--monitor.plot=false",
+    ]
+    cfg = yaml.safe_load(print_config(args, capsys))
+    assert cfg["trainer"]["max_steps"] == 200
+    assert cfg["data"]["n_simulations"] == 32
+    assert cfg["data"]["sampler"]["class_path"] == "lightning_online.Breed"
+    assert cfg["data"]["sampler"]["init_args"]["seed"] == 0  # kept from the recipe's Halton
+    assert cfg["data"]["buffer"]["class_path"] == "lightning_online.FIFO"
+    assert cfg["data"]["buffer"]["init_args"]["capacity"] == 500
+    assert cfg["trainer"]["callbacks"][-1]["class_path"] == "lightning_online.ActiveSampling"
+    assert cfg["data"]["val_parameters"] == [[100.0, 200.0, 300.0, 400.0, 500.0]]
+    assert cfg["monitor"]["plot"] is False
+    # OmegaConf interpolation: the model's output follows the solver's grid in the file.
+    assert cfg["model"]["init_args"]["field_shape"] == [16, 16]
+    assert cfg["trainer"]["check_val_every_n_epoch"] is None
+
+
+def test_model_shorthand_and_bad_option(capsys):
+    args = ["fit", "--config", str(RECIPES / "burgers1d.yaml"), "--model=CNN1D"]
+    cfg = yaml.safe_load(print_config(args, capsys))
+    assert cfg["model"]["class_path"] == "lightning_online.models.CNN1D"
+    with pytest.raises(SystemExit) as exc:
+        OnlineCLI(args=["fit", "--config", str(RECIPES / "heat2d.yaml"), "--data.n_simulationz=3"])
+    assert exc.value.code != 0
+    assert "n_simulationz" in capsys.readouterr().err
+
+
+def test_console_script_and_help(capsys):
+    scripts = entry_points(group="console_scripts")
+    assert any(
+        e.name == "lightning-online" and e.value == "lightning_online.cli:main" for e in scripts
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--help"])
+    assert exc.value.code in (0, None)
+    out = capsys.readouterr().out
+    for option in ("--data.solver", "--data.sampler", "--monitor.plot", "--torch_num_threads"):
+        assert option in out
+
+
+def test_auto_num_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert auto_num_threads(2) is None  # the user decided
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert auto_num_threads(2) == 6
+    assert auto_num_threads(12) == 1
+    assert auto_num_threads(0) is None  # nothing to give up
+
+
+# ---------------------------------------------------------------------------- recipe models
+def test_field_mlp_shape_and_mismatch_message():
+    model = FieldMLP(n_inputs=6, field_shape=[4, 8], hidden=[16])
+    assert model(torch.zeros(3, 6)).shape == (3, 32)
+    with pytest.raises(ValueError, match=re.escape("field_shape")):
+        model.training_step((torch.zeros(3, 6), torch.zeros(3, 64)), 0)
+
+
+@pytest.mark.parametrize("cls", [FNO1D, CNN1D])
+def test_1d_models_start_as_identity_and_roll_out(cls):
+    model = cls(width=8, n_layers=2) if cls is CNN1D else cls(width=8, modes=4, n_layers=2)
+    for nx in (16, 33):  # any grid size, even odd
+        x = torch.randn(5, 2, nx)
+        assert torch.equal(model(x), x[:, :1])  # zero-initialised head: u(t_k) -> u(t_k)
+        assert model.rollout(x, 3).shape == (5, 3, nx)
+    # One optimiser step moves it off the identity.
+    opt = model.configure_optimizers()
+    x, y = torch.randn(5, 2, 16), torch.randn(5, 1, 16)
+    for _ in range(2):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not torch.equal(model(x), x[:, :1])
+
+
+def test_spectral_layer_is_translation_equivariant():
+    spec = FNO1D(width=8, modes=8, n_layers=2).spectral[0]
+    h = torch.randn(2, 8, 32)
+    assert torch.allclose(
+        spec(torch.roll(h, 5, dims=-1)), torch.roll(spec(h), 5, dims=-1), atol=1e-5
+    )
+
+
+# ---------------------------------------------------------------------------- docs
+def test_every_recipe_has_a_doc_page_and_doc_links_resolve():
+    docs = ROOT / "docs"
+    for name in NAMES:
+        page = docs / "recipes" / f"{name}.md"
+        assert page.exists(), page
+        assert f"recipes/{name}.yaml" in page.read_text()
+    api = (docs / "api.md").read_text()
+    import lightning_online
+
+    for public in [*lightning_online.__all__, "StudyMonitor", "OnlineCLI", "FieldMLP", "FNO1D"]:
+        assert re.search(rf"\b{public}\b", api), f"docs/api.md does not mention {public}"
+    readme = (ROOT / "README.md").read_text()
+    for name in ALL:
+        assert f"recipes/{name}.yaml" in readme or name.endswith("_breed"), name
+    for md in [ROOT / "README.md", *docs.rglob("*.md")]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", md.read_text()):
+            if "://" in target:
+                continue
+            assert (md.parent / target).exists(), f"{md.relative_to(ROOT)}: broken link {target}"
