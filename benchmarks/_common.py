@@ -37,3 +37,32 @@ def save(name: str, result: dict[str, Any], out: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     return path
+
+
+def save_bars(
+    name: str,
+    labels: list[str],
+    values: list[float],
+    ylabel: str,
+    out: Path | None = None,
+    title: str = "",
+) -> Path | None:
+    """A bar chart of the two (or more) sides of a comparison, as PNG (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(labels), 3.2))
+    ax.bar(range(len(values)), values, color=["tab:blue", "tab:orange", "tab:green", "tab:red"])
+    ax.set_xticks(range(len(values)), labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or name, fontsize=9)
+    fig.tight_layout()
+    path = (out or OUT) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

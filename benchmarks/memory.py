@@ -131,6 +131,31 @@ def main() -> None:
     )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot(trace[:, 0], trace[:, 1] / 2**20, lw=1)
+        ax.axhline(
+            steady[0] / 2**20 + capacity_bytes * 0.1 / 2**20,
+            color="r",
+            ls="--",
+            label="RSS when full + 10 % of capacity",
+        )
+        ax.set_xlabel("training step")
+        ax.set_ylabel("resident memory (MB)")
+        ax.set_title(
+            f"{a.buffer}, {capacity_bytes / 2**20:.0f} MB buffer, {streamed / a.capacity:.0f}x streamed",
+            fontsize=9,
+        )
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(a.out.with_suffix(".png"), dpi=110)
+    except ImportError:
+        pass
 
 
 if __name__ == "__main__":

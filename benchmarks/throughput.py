@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save, summary, table
+from _common import save, save_bars, summary, table
 
 from lightning_online import OnlineDataModule, ParameterSpace, Reservoir
 
@@ -158,6 +158,14 @@ def main() -> None:
         "ratio": s,
     }
     print(f"wrote {save('throughput', result, a.out)}")
+    save_bars(
+        "throughput",
+        ["online (buffer full)", "in-memory"],
+        [float(np.median(on)), float(np.median(off))],
+        "training samples / s",
+        a.out,
+        f"ratio {s['median']:.2f} (target >= 0.95)",
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import cloudpickle
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save, summary, table
+from _common import save, save_bars, summary, table
 
 RAW_CHILD = """
 import sys
@@ -155,6 +155,14 @@ def main() -> None:
     )
     print("target: ratio >= 0.8")
     print(f"wrote {save('transport', result, a.out)}")
+    save_bars(
+        "transport",
+        [f"{r[0]} B" for r in rows],
+        [float(r[3]) for r in rows],
+        "package / raw mpi4py (bytes/s)",
+        a.out,
+        "transport ratio by message size (target >= 0.8)",
+    )
 
 
 if __name__ == "__main__":

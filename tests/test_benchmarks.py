@@ -1,0 +1,76 @@
+"""Smoke versions of the benchmark scripts: each completes and writes its table and files.
+
+The real figures come from running the scripts with their defaults (docs/benchmarks.md); these
+runs are tiny and assert nothing about speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+pytestmark = pytest.mark.timeout(240)
+
+CASES = {
+    "throughput": ["--steps", "30", "--warmup", "10", "--batch", "16", "--repeats", "1"],
+    "transport": ["--sizes", "1024", "--messages", "60", "--repeats", "1"],
+    "online_vs_offline": [
+        "--runs",
+        "2",
+        "--steps",
+        "10",
+        "--nx",
+        "8",
+        "--n-steps",
+        "10",
+        "--repeats",
+        "1",
+    ],
+    "steering_overhead": ["--steps", "30", "--repeats", "1", "--hidden", "16", "--batch", "8"],
+    "sample_efficiency": ["--quick"],
+}
+
+
+def run(script: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        [sys.executable, str(BENCH / f"{script}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        cwd=tmp_path,
+        start_new_session=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("script", list(CASES))
+def test_benchmark_smoke(script, tmp_path):
+    out = run(script, [*CASES[script], "--out", str(tmp_path)], tmp_path)
+    assert "|" in out.stdout or "ratio" in out.stdout  # a table was printed
+    written = list(tmp_path.glob("*.json"))
+    assert written, out.stdout[-2000:]
+    for path in written:
+        json.loads(path.read_text())
+    pytest.importorskip("matplotlib")
+    assert list(tmp_path.glob("*.png"))
+
+
+def test_memory_benchmark_smoke(tmp_path):
+    target = tmp_path / "memory.json"
+    out = run(
+        "memory",
+        ["--capacity", "200", "--sample-kb", "1", "--passes", "3", "--out", str(target)],
+        tmp_path,
+    )
+    assert "growth" in out.stdout
+    result = json.loads(target.read_text())
+    assert result["stream_in_capacities"] >= 2
+    assert target.with_suffix(".png").exists()
