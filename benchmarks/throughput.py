@@ -35,16 +35,19 @@ D_IN, D_OUT = 6, 1024
 
 
 class Precomputed:
-    """Yields slices of a fixed random table: a solver that costs (almost) nothing."""
+    """Yields slices of a fixed random table: a solver that costs (almost) nothing, optionally
+    sleeping ``delay`` seconds per step to cap the rate at which it streams."""
 
-    def __init__(self, n_steps: int = 200) -> None:
-        self.n_steps = n_steps
+    def __init__(self, n_steps: int = 200, delay: float = 0.0) -> None:
+        self.n_steps, self.delay = n_steps, delay
 
     def __call__(self, theta):
         rng = np.random.default_rng(int(theta[0] * 1e9))
         x = rng.random((self.n_steps, D_IN), dtype=np.float32)
         y = rng.random((self.n_steps, D_OUT), dtype=np.float32)
         for k in range(self.n_steps):
+            if self.delay:
+                time.sleep(self.delay)
             yield x[k], y[k]
 
 
@@ -95,7 +98,7 @@ def trainer(steps: int, clock: Clock) -> pl.Trainer:
     )
 
 
-def online(steps: int, batch: int, hidden: int, warmup: int) -> float:
+def online(steps: int, batch: int, hidden: int, warmup: int, delay: float) -> float:
     clock = Clock(warmup)
     dm = OnlineDataModule(
         Precomputed(),
@@ -128,12 +131,26 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--solver-delay",
+        type=float,
+        default=0.0,
+        help="seconds per solver step: 0 streams as fast as possible (ingestion competes with "
+        "training for the cores); e.g. 0.002 caps the stream at 500 samples/s per worker",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads on both sides (1: one core trains, the rest feed the stream)",
+    )
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
+    torch.set_num_threads(a.threads)
     on, off, ratios = [], [], []
     for _ in range(a.repeats):
         b = offline(a.steps, a.batch, a.hidden, a.warmup)
-        o = online(a.steps, a.batch, a.hidden, a.warmup)
+        o = online(a.steps, a.batch, a.hidden, a.warmup, a.solver_delay)
         on.append(o)
         off.append(b)
         ratios.append(o / b)
@@ -157,7 +174,8 @@ def main() -> None:
         "in_memory_samples_per_s": summary(off),
         "ratio": s,
     }
-    print(f"wrote {save('throughput', result, a.out)}")
+    name = "throughput" if not a.solver_delay else f"throughput_delay{a.solver_delay:g}"
+    print(f"wrote {save(name, result, a.out)}")
     save_bars(
         "throughput",
         ["online (buffer full)", "in-memory"],

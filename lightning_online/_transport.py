@@ -197,10 +197,9 @@ class WorkerPool:
                 idle_polls += 1
                 # Right after traffic, poll fast (the next message is usually microseconds
                 # away); then back off: a 1 ms poll costs little, a 10 ms poll almost nothing.
-                if idle_polls < 100:
-                    time.sleep(0)  # let other threads run, then probe again (~tens of us)
-                    continue
-                if idle_polls < 300:
+                if idle_polls < 20:
+                    delay = 5e-5
+                elif idle_polls < 300:
                     delay = self.poll_interval
                 else:
                     delay = 10 * self.poll_interval
