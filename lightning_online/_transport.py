@@ -69,7 +69,7 @@ class WorkerPool:
         handler: PoolHandler,
         *,
         run_timeout: float | None = None,
-        poll_interval: float = 1e-3,
+        poll_interval: float = 5e-3,
         name: str = "lightning-online-receiver",
     ) -> None:
         self.solver = solver
@@ -156,6 +156,7 @@ class WorkerPool:
         idle_workers = list(range(self.n_workers))
         running: dict[int, int] = {}  # worker -> sim_id
         idle_polls = 0
+        delay = self.poll_interval
         while not self._stop.is_set():
             while idle_workers:
                 task = handler.next_task()
@@ -168,7 +169,7 @@ class WorkerPool:
                 running[worker] = sim_id
             self.busy = len(running)
             got = 0
-            while got < 64 and not self._stop.is_set():
+            while got < 512 and not self._stop.is_set():
                 if handler.has_room():
                     found = comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
                 else:  # no room: only run reports, which free workers but add no sample
@@ -191,18 +192,21 @@ class WorkerPool:
                     raise RuntimeError(
                         f"solver worker {source} failed:\n{bytes(buf).decode(errors='replace')}"
                     )
-            if got:
-                idle_polls = 0
-            else:
+            # Adaptive polling: every wake of this thread takes the GIL from the training
+            # thread (measured: polling every 50 us made training steps 2-3x slower, every 5 ms
+            # cost ~30 % less than every 1 ms). So sleep longer when few samples arrive per
+            # wake, shorter when many do (workers keep up to 16 samples in flight each).
+            if got >= 8:
+                delay = max(self.poll_interval / 16, delay / 2)
+            elif got <= 1:
+                delay = min(self.poll_interval, delay * 1.5)
+            if not got:
                 idle_polls += 1
-                # Right after traffic, poll fast (the next message is usually microseconds
-                # away); then back off: a 1 ms poll costs little, a 10 ms poll almost nothing.
-                if idle_polls < 20:
-                    delay = 5e-5
-                elif idle_polls < 300:
-                    delay = self.poll_interval
-                else:
-                    delay = 10 * self.poll_interval
+                if idle_polls > 300:  # long silence (full buffer, slow solvers)
+                    delay = 2 * self.poll_interval
+            else:
+                idle_polls = 0
+            if got < 512:
                 self._wake.wait(delay)
                 self._wake.clear()
 
