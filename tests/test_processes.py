@@ -140,3 +140,23 @@ def test_interrupt_stops_cleanly_and_leaves_nothing(tmp_path, sig):
     assert ckpts, err[-2000:]
     study = torch.load(ckpts[0], weights_only=False)["OnlineDataModule"]["study"]
     assert study["counters"]["launched"] >= 2 and len(study["unfinished"]) >= 1
+
+
+def test_two_training_ranks_under_mpiexec(tmp_path):
+    """``mpiexec -n 2``: each MPI rank trains (DDP over gloo) and spawns its own workers."""
+    env, marker = env_with_marker()
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
+    out = subprocess.run(
+        [mpiexec, "-n", "2", sys.executable, str(HERE / "scripts" / "mpi_fit.py"), "result"],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"result.{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1]  # same stats and steps on both ranks
+    assert ranks[0]["stats"]["completed"] == 12 and ranks[0]["stats"]["launched"] == 12
+    assert_none_left(marker)
