@@ -56,10 +56,12 @@ def second_half_share(dm) -> float:
 
 def test_breed_concentrates_runs_in_the_hard_subbox_uniform_does_not():
     volume = 0.25 * 0.4
+    # A third of the runs keep exploring: every update drops parameters drawn but not yet
+    # launched, so exploration must not hinge on one early quasi-random point.
     breed = Breed(
         sigma=0.05,
-        start=0.5,
-        end=0.9,
+        start=0.3,
+        end=0.7,
         breakpoint=3,
         statistic="loss",
         seed=0,
