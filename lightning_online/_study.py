@@ -122,7 +122,9 @@ class Study:
 
         self._lock = threading.RLock()
         self.runs: dict[int, Run] = {}
-        self._pending: deque[np.ndarray] = deque()
+        # Drawn, not yet launched: (theta, steered). "steered" marks draws a loss-driven sampler
+        # made from its statistics (Breed's bred share); only those go stale on an update.
+        self._pending: deque[tuple[np.ndarray, bool]] = deque()
         self._retry: deque[tuple[np.ndarray, int]] = deque()
         self._val_queue: deque[tuple[int, np.ndarray]] = deque()
         self.val_samples: dict[int, list[Any]] = {}
@@ -164,7 +166,7 @@ class Study:
             if self._retry:
                 theta, attempt = self._retry.popleft()
             elif self._pending:
-                theta, attempt = self._pending.popleft(), 0
+                theta, attempt = self._pending.popleft()[0], 0
             else:
                 return None
             sim_id = self.group.rank + self.group.size * self._next_local
@@ -313,11 +315,18 @@ class Study:
             grants[r] = max(0, min(int(room), remaining))
             remaining -= int(grants[r])
         want = np.maximum(0, col["permits"] + grants - col["pending"] - col["retry"])
-        mine = np.zeros((0, self.space.dim))
+        mine: list[tuple[np.ndarray, bool]] = []
         if want.sum() > 0:
             thetas = self.sampler.draw(self.space, int(want.sum()))
+            mask = getattr(self.sampler, "last_bred_mask", None)
+            steered = (
+                np.asarray(mask, dtype=bool)
+                if mask is not None and len(mask) == len(thetas)
+                else np.zeros(len(thetas), dtype=bool)
+            )
             start = int(want[: self.group.rank].sum())
-            mine = thetas[start : start + int(want[self.group.rank])]
+            stop = start + int(want[self.group.rank])
+            mine = list(zip(thetas[start:stop], steered[start:stop].tolist(), strict=True))
         complete = tot["completed"] >= self.n_simulations
         me = self.group.rank
         with self._lock:
@@ -396,9 +405,11 @@ class Study:
             self._val_queue.append((sim_id, run.theta))
 
     def refresh(self) -> None:
-        """Forget drawn parameters not yet launched (the sampler changed); retries are kept."""
+        """The sampler changed: forget steered draws not yet launched (they followed the old
+        statistics). Exploration draws (the non-breed share) and retries are kept, so that an
+        update does not skip points of a quasi-random exploration sequence."""
         with self._lock:
-            self._pending.clear()
+            self._pending = deque(p for p in self._pending if not p[1])
 
     def launched_parameters(self) -> list[tuple[float, np.ndarray]]:
         with self._lock:

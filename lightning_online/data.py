@@ -265,7 +265,8 @@ class OnlineDataModule(pl.LightningDataModule):
     def refresh_parameters(self) -> None:
         """The sampler changed: runs launched from now on use new draws (call on every rank).
 
-        Parameters drawn but not launched yet are dropped; runs in flight are not touched.
+        Steered draws not launched yet are dropped (exploration draws are kept); runs in flight
+        are not touched.
         """
         if self._study is not None:
             self._study.refresh()
