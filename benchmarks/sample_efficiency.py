@@ -2,6 +2,7 @@
 
 For each recipe and seed, trains with Uniform, Halton, LossProportional and Breed (the last two
 steered by ActiveSampling) under the same budget of completed runs and the same recipe settings,
+with a FIFO buffer by default so that every method trains the same number of steps,
 then evaluates the final model on the recipe's fixed held-out validation runs (the same 16
 Halton points for every method). Reports the per-run validation error's mean, p95, p99 and max
 (median over seeds) and the ratio uniform / method for each (> 1 is better).
@@ -82,9 +83,23 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--large", action="store_true", help="4x the recipes' budget")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny settings")
+    p.add_argument(
+        "--buffer",
+        choices=["fifo", "recipe"],
+        default="fifo",
+        help="fifo (default): every sample is served exactly once, so every method trains the same "
+        "number of steps on the same number of samples; recipe: the recipe's Reservoir, whose "
+        "number of steps depends on how fast the study streams",
+    )
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     extra: list[str] = []
+    if a.buffer == "fifo":
+        extra += [
+            "--data.buffer=FIFO",
+            "--data.buffer.capacity=1000",
+            "--data.buffer.watermark=200",
+        ]
     if a.quick:
         a.recipes, a.seeds = a.recipes[:1], a.seeds[:1]
         a.methods = [m for m in a.methods if m in ("uniform", "breed")]
