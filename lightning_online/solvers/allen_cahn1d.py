@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lightning_online.solvers._common import check_theta
+
 __all__ = ["AllenCahn1D", "allen_cahn1d_space", "allen_cahn_ode_solution"]
 
 _NAMES = ("D", "a", "c")
@@ -49,15 +51,6 @@ def allen_cahn_ode_solution(u0: float, t: np.ndarray | float) -> np.ndarray:
     if u0 == 0.0:
         return np.zeros_like(t)
     return np.sign(u0) / np.sqrt(1.0 + (1.0 / u0**2 - 1.0) * np.exp(-2.0 * _REACTION * t))
-
-
-def _check_theta(theta: object, n: int, names: tuple[str, ...]) -> np.ndarray:
-    arr = np.asarray(theta, dtype=np.float64)
-    if arr.shape != (n,):
-        raise ValueError(f"theta must be a 1-D array of {n} values {names}, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"theta must be finite, got {arr}")
-    return arr
 
 
 @dataclass(frozen=True)
@@ -104,13 +97,13 @@ class AllenCahn1D:
 
     def initial_condition(self, theta: np.ndarray) -> np.ndarray:
         """``a x^2 cos(pi x) + c`` on the grid."""
-        _, a, c = _check_theta(theta, self.n_params, self.names)
+        _, a, c = check_theta(theta, self.n_params, self.names)
         x = self.grid()
         return a * x**2 * np.cos(np.pi * x) + c
 
     def __call__(self, theta: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Validate ``theta`` (shape ``(3,)``, ``D > 0``) and return the sample generator."""
-        th = _check_theta(theta, self.n_params, self.names)
+        th = check_theta(theta, self.n_params, self.names)
         if not th[0] > 0:
             raise ValueError(f"diffusion D = theta[0] must be > 0, got {th[0]}")
         return self._samples(self.initial_condition(th), float(th[0]))

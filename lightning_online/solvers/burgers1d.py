@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lightning_online.solvers._common import check_theta
+
 __all__ = ["Burgers1D", "burgers1d_space"]
 
 _NAMES = ("nu", "a1", "a2", "phi")
@@ -50,15 +52,6 @@ def burgers1d_space() -> tuple[list[float], list[float], tuple[str, ...], tuple[
         _NAMES,
         (True, False, False, False),
     )
-
-
-def _check_theta(theta: object, n: int, names: tuple[str, ...]) -> np.ndarray:
-    arr = np.asarray(theta, dtype=np.float64)
-    if arr.shape != (n,):
-        raise ValueError(f"theta must be a 1-D array of {n} values {names}, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"theta must be finite, got {arr}")
-    return arr
 
 
 @dataclass(frozen=True)
@@ -102,7 +95,7 @@ class Burgers1D:
 
     def initial_condition(self, theta: np.ndarray) -> np.ndarray:
         """Exact cell averages of ``a1 sin(2 pi x + phi) + a2 sin(4 pi x)``."""
-        _, a1, a2, phi = _check_theta(theta, self.n_params, self.names)
+        _, a1, a2, phi = check_theta(theta, self.n_params, self.names)
         x, h = self.grid(), 1.0 / self.nx
 
         def sinc(k: float) -> float:  # average of sin(k x + c) over a cell / value at centre
@@ -113,7 +106,7 @@ class Burgers1D:
 
     def __call__(self, theta: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Validate ``theta`` (shape ``(4,)``, ``nu > 0``) and return the sample generator."""
-        th = _check_theta(theta, self.n_params, self.names)
+        th = check_theta(theta, self.n_params, self.names)
         if not th[0] > 0:
             raise ValueError(f"viscosity nu = theta[0] must be > 0, got {th[0]}")
         return self._samples(self.initial_condition(th), float(th[0]))

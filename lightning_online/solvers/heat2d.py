@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lightning_online.solvers._common import check_theta
+
 __all__ = ["Heat2D", "heat2d_space", "laplace_square_steady_state"]
 
 _NAMES = ("T0", "T_left", "T_right", "T_bottom", "T_top")
@@ -86,15 +88,6 @@ def laplace_square_steady_state(
             terms = coef * np.sin(n * np.pi * along) * sinh_ratio(across)
             out += value * terms.sum(axis=1).reshape(x.shape)
     return out
-
-
-def _check_theta(theta: object, n: int, names: tuple[str, ...]) -> np.ndarray:
-    arr = np.asarray(theta, dtype=np.float64)
-    if arr.shape != (n,):
-        raise ValueError(f"theta must be a 1-D array of {n} values {names}, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"theta must be finite, got {arr}")
-    return arr
 
 
 @dataclass(frozen=True)
@@ -172,13 +165,13 @@ class Heat2D:
 
         Not normalised. Uses :func:`laplace_square_steady_state`; ``theta[0]`` is irrelevant.
         """
-        th = _check_theta(theta, self.n_params, self.names)
+        th = check_theta(theta, self.n_params, self.names)
         X, Y = self.grid()
         return laplace_square_steady_state(X, Y, *th[1:], n_terms=n_terms)
 
     def __call__(self, theta: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Validate ``theta`` (shape ``(5,)``) and return the sample generator."""
-        th = _check_theta(theta, self.n_params, self.names)
+        th = check_theta(theta, self.n_params, self.names)
         return self._run(th)
 
     def _run(self, th: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
