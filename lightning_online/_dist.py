@@ -38,12 +38,6 @@ class Group:
         dist.all_gather(out, local, group=self._pg)
         return torch.stack(out).numpy()
 
-    def all_reduce_sum(self, values: np.ndarray) -> np.ndarray:
-        t = torch.as_tensor(np.asarray(values, dtype=np.float64)).clone()
-        if self.distributed:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self._pg)
-        return t.numpy()
-
     def all_gather_object(self, obj: Any) -> list[Any]:
         if not self.distributed:
             return [obj]

@@ -78,7 +78,6 @@ class WorkerPool:
         self.run_timeout = run_timeout
         self.poll_interval = poll_interval
         self.error: BaseException | None = None
-        self.busy = 0
         self._stop = threading.Event()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -167,7 +166,6 @@ class WorkerPool:
                 msg = np.concatenate(([float(sim_id)], np.asarray(theta, dtype=np.float64)))
                 comm.Send([msg, MPI.DOUBLE], dest=worker, tag=TAG_TASK)
                 running[worker] = sim_id
-            self.busy = len(running)
             got = 0
             while got < 512 and not self._stop.is_set():
                 if handler.has_room():
@@ -232,5 +230,3 @@ class WorkerPool:
             comm.Disconnect()
         except BaseException:  # pragma: no cover - best effort at exit
             log.exception("error while stopping the solver workers")
-        finally:
-            self.busy = 0

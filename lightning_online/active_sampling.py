@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_online._capture import (
+    LossFn,
     OutputCapture,
     default_pred,
     default_target,
@@ -31,8 +32,6 @@ from lightning_online.data import OnlineDataModule
 from lightning_online.steering import SimulationStats
 
 __all__ = ["ActiveSampling"]
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ActiveSampling(Callback):

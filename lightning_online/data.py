@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_online._capture import (
+    LossFn,
     OutputCapture,
     default_pred,
     default_target,
@@ -143,7 +144,7 @@ class OnlineDataModule(pl.LightningDataModule):
         n_workers: int = 2,
         val_parameters: int | list[list[float]] | np.ndarray | None = None,
         val_batch_size: int | None = None,
-        val_loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        val_loss_fn: LossFn | None = None,
         run_timeout: float | None = None,
         max_retries: int = 1,
         max_failed_fraction: float = 0.5,
