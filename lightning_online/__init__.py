@@ -33,6 +33,11 @@ _LAZY = {
     "Breed": "lightning_online.steering",
     "LossProportional": "lightning_online.steering",
     "SimulationStats": "lightning_online.steering",
+    "ExternalSolver": "lightning_online.external",
+    "ExternalRunError": "lightning_online.external",
+    "Direct": "lightning_online.launchers",
+    "Mpiexec": "lightning_online.launchers",
+    "Srun": "lightning_online.launchers",
 }
 
 __all__ = [
@@ -41,15 +46,20 @@ __all__ = [
     "ActiveSampling",
     "Breed",
     "Buffer",
+    "Direct",
+    "ExternalRunError",
+    "ExternalSolver",
     "Halton",
     "LatinHypercube",
     "LossProportional",
+    "Mpiexec",
     "OnlineDataModule",
     "ParameterSpace",
     "Reservoir",
     "Sampler",
     "SimulationStats",
     "Solver",
+    "Srun",
     "StudyError",
     "StudyMonitor",
     "Uniform",
@@ -60,6 +70,8 @@ if TYPE_CHECKING:
     from lightning_online.active_sampling import ActiveSampling
     from lightning_online.buffers import FIFO, FIRO, Buffer, Reservoir
     from lightning_online.data import OnlineDataModule, Solver
+    from lightning_online.external import ExternalRunError, ExternalSolver
+    from lightning_online.launchers import Direct, Mpiexec, Srun
     from lightning_online.monitor import StudyMonitor
     from lightning_online.sampling import Halton, LatinHypercube, ParameterSpace, Sampler, Uniform
     from lightning_online.steering import Breed, LossProportional, SimulationStats

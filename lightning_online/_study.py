@@ -229,13 +229,14 @@ class Study:
             if retry:
                 self._retry.append((run.theta, run.attempt + 1))
         log.warning(
-            "solver run %d failed (attempt %d, theta=%s) after %d steps: %s -> %s",
+            "solver run %d failed (attempt %d, theta=%s) after %d steps, %s: %s",
             sim_id,
             run.attempt + 1,
             np.array2string(run.theta, precision=6),
             n_steps,
-            reason.strip().splitlines()[0] if reason.strip() else "no reason given",
             "retrying" if retry else "redrawing its parameters",
+            # The whole reason: for a crashed program its last output is what explains it.
+            reason.strip().replace("\n", "\n    ") if reason.strip() else "no reason given",
         )
 
     # ------------------------------------------------------------------ training thread

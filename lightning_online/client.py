@@ -1,0 +1,237 @@
+"""Client side for solver programs launched by :class:`~lightning_online.ExternalSolver`.
+
+Three calls, the same in Python and in C (``csrc/lightning_online.h``)::
+
+    from lightning_online import client
+
+    theta = client.parameters()            # this run's parameters
+    with client.connect() as run:          # connect to the training side
+        for t in range(n_steps):
+            ...                            # advance the solver
+            run.send({"x": x, "y": field})  # one step: named numpy arrays
+    # leaving the block closes the run; an exception inside it reports the run as failed
+
+This module does not import MPI or torch; in an MPI program, connect and send from one rank
+(gather the field there first). The C library's sources ship with the package:
+``python -m lightning_online.client --include`` prints the include directory and ``--source`` the
+library's source file, for ``mpicc``; :func:`build` compiles a program with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from lightning_online import _protocol as proto
+
+__all__ = ["Client", "build", "connect", "include_dir", "library_source", "parameters"]
+
+ENV_ADDRESS = "LIGHTNING_ONLINE_ADDRESS"
+ENV_TOKEN = "LIGHTNING_ONLINE_TOKEN"
+ENV_PARAMETERS = "LIGHTNING_ONLINE_PARAMETERS"
+
+_CSRC = Path(__file__).parent / "csrc"
+
+
+def _env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise RuntimeError(
+            f"{name} is not set: this program must be started by lightning_online's "
+            "ExternalSolver (which sets it), or be given the value explicitly"
+        )
+    return value
+
+
+def parameters() -> np.ndarray:
+    """This run's parameters (float64), from ``LIGHTNING_ONLINE_PARAMETERS``."""
+    text = _env(ENV_PARAMETERS)
+    try:
+        return np.array([float(v) for v in text.split(",")], dtype=np.float64)
+    except ValueError as exc:
+        raise RuntimeError(f"{ENV_PARAMETERS}={text!r} is not a comma-separated list") from exc
+
+
+class Client:
+    """An open connection of one run; use :func:`connect` to make one."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock: socket.socket | None = sock
+        self.steps_sent = 0
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            raise RuntimeError("this run's connection is closed")
+        return self._sock
+
+    def _sendall(self, chunks: list[bytes | memoryview]) -> None:
+        sock = self._socket()
+        pending = [memoryview(c).cast("B") for c in chunks if len(c)]
+        while pending:
+            sent = sock.sendmsg(pending[:64])
+            while sent:
+                if sent >= len(pending[0]):
+                    sent -= len(pending[0])
+                    pending.pop(0)
+                else:
+                    pending[0] = pending[0][sent:]
+                    sent = 0
+
+    def send(self, fields: Mapping[str, ArrayLike]) -> None:
+        """Send one time step: named arrays (numeric numpy dtypes; at most 16 fields, 8 dims).
+
+        Blocks while the training side's buffer is full (backpressure).
+        """
+        arrays = {str(k): np.asarray(v) for k, v in fields.items()}
+        self._sendall(proto.encode_step(self.steps_sent, arrays))
+        self.steps_sent += 1
+
+    def close(self) -> None:
+        """Tell the training side the run is complete and close the connection."""
+        if self._sock is not None:
+            try:
+                self._sendall([proto.encode_header(proto.CLOSE, 0, step=self.steps_sent)])
+            finally:
+                self._shutdown()
+
+    def abort(self, message: str) -> None:
+        """Report this run as failed (the message reaches the training log) and close."""
+        if self._sock is not None:
+            data = message.encode("utf-8", "replace")
+            try:
+                self._sendall([proto.encode_header(proto.ERROR, len(data)), data])
+            except OSError:
+                pass
+            finally:
+                self._shutdown()
+
+    def _shutdown(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+        else:
+            detail = "".join(traceback.format_exception_only(exc_type, exc)).strip()
+            self.abort(f"{detail}\n{''.join(traceback.format_tb(tb, limit=-3))}")
+
+
+def connect(address: str | None = None, token: str | None = None, timeout: float = 60.0) -> Client:
+    """Connect to the training side (defaults: ``LIGHTNING_ONLINE_ADDRESS`` and ``_TOKEN``)."""
+    address = address or _env(ENV_ADDRESS)
+    token = token or _env(ENV_TOKEN)
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address must be 'host:port', got {address!r}")
+    sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    sock.settimeout(None)  # sends may block for long under backpressure; that is intended
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client = Client(sock)
+    raw = token.encode("ascii")
+    client._sendall([proto.encode_header(proto.HELLO, len(raw)), raw])
+    return client
+
+
+# -- the C library ---------------------------------------------------------------------------
+
+
+def include_dir() -> Path:
+    """Directory holding ``lightning_online.h``."""
+    return _CSRC
+
+
+def library_source() -> Path:
+    """The C library's single source file, compiled into the solver program."""
+    return _CSRC / "lightning_online.c"
+
+
+def example_source(name: str) -> Path:
+    """Source of a shipped example solver (``"heat2d"``)."""
+    path = _CSRC / "examples" / f"{name}.c"
+    if not path.exists():
+        known = sorted(p.stem for p in (_CSRC / "examples").glob("*.c"))
+        raise ValueError(f"no example solver {name!r}; known: {known}")
+    return path
+
+
+def _mpicc() -> str:
+    beside = Path(sys.executable).parent / "mpicc"
+    found = str(beside) if beside.exists() else shutil.which("mpicc")
+    if found is None:
+        raise FileNotFoundError("mpicc not found; pip install mpich (or load your MPI module)")
+    return found
+
+
+def build(
+    sources: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    compiler: str | None = None,
+    flags: Sequence[str] = ("-O2",),
+) -> Path:
+    """Compile a solver program with the client library: ``mpicc -O2 -I<include> sources
+    <library> -o output -lm``. The compiler defaults to the ``mpicc`` next to this Python (the
+    ``mpich`` wheel's), else the one on PATH. Raises ``RuntimeError`` with the compiler's output
+    on failure."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        compiler or _mpicc(),
+        *flags,
+        f"-I{include_dir()}",
+        *map(str, sources),
+        str(library_source()),
+        "-o",
+        str(output),
+        "-lm",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"compilation failed: {' '.join(cmd)}\n{done.stdout}{done.stderr}")
+    return output
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_online.client",
+        description="Paths of the C client library, and a builder for solver programs.",
+    )
+    parser.add_argument("--include", action="store_true", help="print the include directory")
+    parser.add_argument("--source", action="store_true", help="print the library's source file")
+    parser.add_argument("--build-example", metavar="NAME", help="compile a shipped example")
+    parser.add_argument("-o", "--output", help="output path for --build-example")
+    args = parser.parse_args(argv)
+    if args.include:
+        print(include_dir())
+    if args.source:
+        print(library_source())
+    if args.build_example:
+        out = args.output or args.build_example
+        print(build([example_source(args.build_example)], out))
+    if not (args.include or args.source or args.build_example):
+        parser.print_help()
+
+
+if __name__ == "__main__":
+    main()

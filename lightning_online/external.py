@@ -1,0 +1,393 @@
+"""``ExternalSolver``: a compiled solver program (C, C++, Fortran, or any language) as a solver.
+
+Each call launches one run of the program through a launcher (``mpiexec -n k``, ``srun`` or
+directly), hands it its parameters and the address to stream to through the environment, and
+yields the time steps it sends. The program uses the client library (``lightning_online.client``
+in Python, ``csrc/lightning_online.h`` in C): connect, send one step (named fields, raw typed
+buffers behind a checked fixed header), close.
+
+Where this runs: like any solver, inside the sandbox process of one MPI worker (``_runner``), on
+the training node, so everything the DataModule does for Python solvers holds here too: one run
+per worker at a time, backpressure (the sandbox stops reading the socket while the buffer is full,
+so the program blocks in its send), ``run_timeout``, retries and the failure report. The program
+itself runs in its own process group and is killed with its run, or with the sandbox.
+
+Why TCP and not an MPI port: ``MPI_Comm_accept`` cannot time out or be cancelled, and a peer that
+dies inside a connected MPI job can take the receiving job down with it. A socket gives the
+receiving side a clean end of file instead, so a crashed solver is one failed run, nothing more.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, Any
+
+import numpy as np
+
+from lightning_online import _protocol as proto
+from lightning_online.client import ENV_ADDRESS, ENV_PARAMETERS, ENV_TOKEN
+from lightning_online.launchers import Launcher, resolve_launcher
+
+__all__ = ["ExternalRunError", "ExternalSolver"]
+
+# The program must not believe it belongs to the MPI job of the process that launches it.
+_MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDI_", "HYDRA_", "MPIR_", "MPICH_", "OMPI_")
+
+
+class ExternalRunError(RuntimeError):
+    """One run of an external program failed; the message says how, with its last output."""
+
+
+class _Tail:
+    """Drains the program's merged stdout/stderr in a thread and keeps the last lines, so that
+    a failure report can show them and a chatty program never blocks on a full pipe."""
+
+    def __init__(self, stream: IO[bytes], echo: bool, max_lines: int = 20) -> None:
+        self.lines: deque[str] = deque(maxlen=max_lines)
+        self._stream, self._echo = stream, echo
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        with self._stream:
+            for raw in iter(self._stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                self.lines.append(line)
+                if self._echo:
+                    print(line, file=sys.stderr, flush=True)
+
+    def text(self) -> str:
+        self._thread.join(timeout=1.0)
+        if not self.lines:
+            return "(no output)"
+        return "\n".join(f"    {line}" for line in self.lines)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM when the sandbox dies (mpiexec and srun forward it
+    to every rank), so that no solver run outlives the study that launched it."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:  # pragma: no cover - best effort
+            pass
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytearray | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = conn.recv_into(view[got:])
+        if not k:
+            return None
+        got += k
+    return buf
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class ExternalSolver:
+    """Run an external program per simulation and yield the time steps it streams back.
+
+    Use it wherever a solver goes (``OnlineDataModule(solver=ExternalSolver(...))``, a recipe's
+    ``data.solver``). Calling it with a parameter vector launches one run and returns a generator
+    of tuples of arrays, one tuple per time step, in the order of ``fields``.
+
+    The program finds in its environment ``LIGHTNING_ONLINE_PARAMETERS`` (the parameters,
+    comma-separated), ``LIGHTNING_ONLINE_ADDRESS`` (``host:port`` to connect to) and
+    ``LIGHTNING_ONLINE_TOKEN`` (proves the connection belongs to this run). The command may also
+    carry the parameters: ``{0}``, ``{1}``... are replaced by each parameter (format specs work:
+    ``{0:.6g}``) and ``{theta}`` by all of them, comma-separated.
+
+    Args:
+        command: the program and its arguments, e.g. ``["./heat2d", "--nx", "32"]``.
+        fields: names of the fields each step must carry, in the order the training batch gets
+            them (e.g. ``["x", "y"]``); ``None`` takes the names and order of the first step.
+        n_procs: processes per run (``mpiexec -n``/``srun --ntasks``).
+        launcher: ``"mpiexec"`` (default), ``"srun"``, ``"direct"``, or a
+            :class:`~lightning_online.launchers.Launcher` with options.
+        n_steps: steps a complete run sends; a run that closes after fewer is a failure.
+        env: extra environment variables for the program.
+        cwd: working directory of the program.
+        connect_timeout: seconds from launch until the program must have connected (includes
+            an ``srun`` step waiting for resources).
+        exit_timeout: seconds the program may take to exit after it closed the connection.
+        host: the address the program connects to; default: loopback for local launchers, this
+            node's host name for ``srun``. Set it to the name of a fast interface on a cluster.
+        echo_output: also print the program's output (it is always kept for failure reports).
+        max_step_bytes: larger steps are refused as corrupt.
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        fields: Sequence[str] | None = None,
+        n_procs: int = 1,
+        launcher: str | Launcher = "mpiexec",
+        n_steps: int | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        connect_timeout: float = 120.0,
+        exit_timeout: float = 30.0,
+        host: str | None = None,
+        echo_output: bool = False,
+        max_step_bytes: int = 1 << 30,
+    ) -> None:
+        if isinstance(command, str) or not command or not all(isinstance(c, str) for c in command):
+            raise ValueError(
+                f"command must be a non-empty list of strings (the program and its arguments), "
+                f"got {command!r}"
+            )
+        if isinstance(n_procs, bool) or not isinstance(n_procs, int) or n_procs < 1:
+            raise ValueError(f"n_procs must be a positive integer, got {n_procs!r}")
+        if n_steps is not None and (
+            isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1
+        ):
+            raise ValueError(f"n_steps must be a positive integer or None, got {n_steps!r}")
+        for name, value in (("connect_timeout", connect_timeout), ("exit_timeout", exit_timeout)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        if fields is not None:
+            fields = [str(f) for f in fields]
+            if not fields or len(set(fields)) != len(fields):
+                raise ValueError(f"fields must be distinct names, got {fields!r}")
+            for f in fields:
+                if not 0 < len(f.encode()) < proto.NAME_BYTES:
+                    raise ValueError(f"field name {f!r} must be 1 to {proto.NAME_BYTES - 1} bytes")
+        self.command = list(command)
+        self.fields = fields
+        self.n_procs = n_procs
+        self.launcher = resolve_launcher(launcher)
+        self.launcher.check(n_procs)
+        self.n_steps = n_steps
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self.connect_timeout = float(connect_timeout)
+        self.exit_timeout = float(exit_timeout)
+        self.host = host
+        self.echo_output = echo_output
+        self.max_step_bytes = int(max_step_bytes)
+        self._check_program()
+
+    def _check_program(self) -> None:
+        import shutil
+
+        prog = self.command[0]
+        if "{" in prog:
+            return
+        base = self.cwd or os.getcwd()
+        if shutil.which(prog, path=os.environ.get("PATH")) is None and not (
+            os.sep in prog and os.path.exists(os.path.join(base, prog))
+        ):
+            raise FileNotFoundError(
+                f"ExternalSolver: the program {prog!r} is neither on PATH nor a file relative "
+                f"to {base!r}; build it first (see docs/external-solvers.md) or give its path"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"ExternalSolver(command={self.command!r}, n_procs={self.n_procs}, "
+            f"launcher={self.launcher!r})"
+        )
+
+    def argv(self, theta: np.ndarray) -> list[str]:
+        """The full command line of one run (launcher included) for parameters ``theta``."""
+        values = [float(v) for v in theta]
+        joined = ",".join(repr(v) for v in values)
+        program = [c.format(*values, theta=joined) for c in self.command]
+        return self.launcher.command(program, self.n_procs)
+
+    def __call__(self, theta: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
+        theta = np.asarray(theta, dtype=np.float64).reshape(-1)
+        if not np.isfinite(theta).all():
+            raise ValueError(f"parameters must be finite, got {theta.tolist()}")
+        return self._run(theta)
+
+    # -- one run ---------------------------------------------------------------------------
+
+    def _addresses(self) -> tuple[str, str]:
+        """(address to bind, address the program connects to)."""
+        if self.host is not None:
+            return "", self.host
+        if self.launcher.remote:
+            return "", socket.gethostname()
+        return "127.0.0.1", "127.0.0.1"
+
+    def _launch(self, theta: np.ndarray, address: str, token: str) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_MPI_ENV_PREFIXES)}
+        env.update(self.env)
+        env[ENV_ADDRESS] = address
+        env[ENV_TOKEN] = token
+        env[ENV_PARAMETERS] = ",".join(repr(float(v)) for v in theta)
+        return subprocess.Popen(
+            self.argv(theta),
+            env=env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, killed as a whole
+            preexec_fn=_die_with_parent,
+        )
+
+    def _fail(self, proc: subprocess.Popen[bytes], tail: _Tail, what: str) -> ExternalRunError:
+        if proc.poll() is None:
+            try:
+                proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                pass
+        return ExternalRunError(
+            f"{what} ({_describe_exit(proc.poll())}); command: {' '.join(proc.args)}\n"  # type: ignore[arg-type]
+            f"  last output of the program:\n{tail.text()}"
+        )
+
+    def _accept(
+        self, listener: socket.socket, proc: subprocess.Popen[bytes], tail: _Tail, token: str
+    ) -> socket.socket:
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._fail(
+                    proc, tail, f"the program did not connect within {self.connect_timeout:g} s"
+                )
+            if select.select([listener], [], [], min(left, 0.1))[0]:
+                conn, _ = listener.accept()
+                conn.settimeout(max(1.0, deadline - time.monotonic()))
+                try:
+                    head = _recv_exact(conn, proto.HEADER.size)
+                    kind, _, _, size = proto.decode_header(head) if head else (0, 0, 0, 0)
+                    got = _recv_exact(conn, size) if kind == proto.HELLO and size < 1024 else None
+                except (OSError, proto.ProtocolError):
+                    got = None
+                if got is not None and secrets.compare_digest(bytes(got), token.encode()):
+                    conn.settimeout(None)
+                    return conn
+                conn.close()  # a stray or foreign connection: keep waiting for the program
+                continue
+            if proc.poll() is not None:
+                raise self._fail(proc, tail, "the program ended before it connected")
+
+    def _run(self, theta: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
+        bind, host = self._addresses()
+        listener = socket.create_server((bind, 0))
+        token = secrets.token_hex(16)
+        proc = self._launch(theta, f"{host}:{listener.getsockname()[1]}", token)
+        assert proc.stdout is not None
+        tail = _Tail(proc.stdout, self.echo_output)
+        conn: socket.socket | None = None
+        try:
+            try:
+                conn = self._accept(listener, proc, tail, token)
+            finally:
+                listener.close()
+            names = self.fields
+            step = 0
+            while True:
+                try:
+                    head = _recv_exact(conn, proto.HEADER.size)
+                    if head is None:
+                        raise self._fail(
+                            proc,
+                            tail,
+                            f"the program closed the connection after {step} steps without "
+                            "lo_close/close()",
+                        )
+                    kind, n_fields, index, size = proto.decode_header(head)
+                    if size > self.max_step_bytes:
+                        raise proto.ProtocolError(
+                            f"message of {size} bytes exceeds max_step_bytes={self.max_step_bytes}"
+                        )
+                    payload = _recv_exact(conn, size) if size else bytearray()
+                except ConnectionError as exc:
+                    raise self._fail(
+                        proc, tail, f"connection lost after {step} steps: {exc}"
+                    ) from None
+                except proto.ProtocolError as exc:
+                    raise self._fail(proc, tail, f"step {step}: protocol error: {exc}") from None
+                if payload is None:
+                    raise self._fail(proc, tail, f"the program died while sending step {step}")
+                if kind == proto.ERROR:
+                    msg = payload.decode("utf-8", "replace")
+                    raise self._fail(proc, tail, f"the program reported an error: {msg}")
+                if kind == proto.CLOSE:
+                    if index != step:
+                        raise self._fail(
+                            proc, tail, f"the program closed after {index} steps but sent {step}"
+                        )
+                    break
+                if kind != proto.STEP:
+                    raise self._fail(proc, tail, f"unexpected {proto.KINDS[kind]} message")
+                if index != step:
+                    raise self._fail(proc, tail, f"expected step {step}, got step {index}")
+                try:
+                    fields = proto.decode_step(n_fields, payload)
+                except proto.ProtocolError as exc:
+                    raise self._fail(proc, tail, f"step {step}: {exc}") from None
+                if names is None:
+                    names = list(fields)
+                if sorted(fields) != sorted(names):
+                    raise self._fail(
+                        proc, tail, f"step {step} has fields {list(fields)}, expected {names}"
+                    )
+                yield tuple(fields[n] for n in names)
+                step += 1
+            conn.close()
+            conn = None
+            try:
+                code = proc.wait(timeout=self.exit_timeout)
+            except subprocess.TimeoutExpired:
+                raise self._fail(
+                    proc,
+                    tail,
+                    f"the program did not exit within {self.exit_timeout:g} s of closing",
+                ) from None
+            if code != 0:
+                raise self._fail(proc, tail, f"the program sent {step} steps, then failed")
+        finally:
+            if conn is not None:
+                conn.close()
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    """End a run's whole process group: SIGTERM (mpiexec and srun pass it on), then SIGKILL."""
+    if proc.poll() is None:
+        for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    else:  # the launcher is gone; make sure nothing it started lingers in its group
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

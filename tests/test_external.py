@@ -1,0 +1,214 @@
+"""ExternalSolver: solver programs launched per run that stream back over the client protocol.
+
+The programs here are real processes (a Python client program, started directly or under the
+``mpich`` wheel's ``mpiexec``); the C library and the C heat solver are in ``test_client_c.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import psutil
+import pytest
+from _models import Regressor
+
+from lightning_online import (
+    FIFO,
+    Direct,
+    ExternalRunError,
+    ExternalSolver,
+    Halton,
+    Mpiexec,
+    OnlineDataModule,
+    ParameterSpace,
+    Srun,
+)
+
+HERE = Path(__file__).parent
+PROGRAM = str(HERE / "programs" / "lo_ext_client.py")
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("no_orphans")]
+
+
+def program(*args: str, launcher="direct", **kw) -> ExternalSolver:
+    kw.setdefault("fields", ["x", "y"])
+    return ExternalSolver([sys.executable, PROGRAM, *args], launcher=launcher, **kw)
+
+
+def run(solver: ExternalSolver, theta=(1.0, 2.0)) -> list[tuple[np.ndarray, ...]]:
+    return [tuple(a.copy() for a in step) for step in solver(np.array(theta))]
+
+
+def expected(theta, steps=5, size=4):
+    theta = np.asarray(theta)
+    return [
+        (
+            np.append(theta, k / steps).astype(np.float32),
+            (np.arange(size) * theta.sum() * (k + 1)).astype(np.float32),
+        )
+        for k in range(steps)
+    ]
+
+
+def assert_steps(got, want):
+    assert len(got) == len(want)
+    for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+        np.testing.assert_array_equal(gx, wx)
+        np.testing.assert_array_equal(gy, wy)
+
+
+@pytest.mark.parametrize("launcher", ["direct", "mpiexec"])
+def test_a_run_streams_its_steps_in_order(launcher):
+    steps = run(program("--steps", "5", launcher=launcher, n_steps=5), (1.5, -2.25))
+    assert_steps(steps, expected((1.5, -2.25)))
+    assert steps[0][0].dtype == np.float32
+
+
+def test_mpiexec_with_two_ranks_and_fields_in_declared_order():
+    solver = program("--steps", "3", launcher="mpiexec", n_procs=2, fields=["y", "x"])
+    steps = run(solver, (1.0, 1.0))
+    want = expected((1.0, 1.0), steps=3)
+    assert [s[0].tolist() for s in steps] == [w[1].tolist() for w in want]  # y first
+
+
+def test_fields_default_to_the_first_steps_names():
+    steps = run(program("--steps", "2", fields=None))
+    assert len(steps) == 2 and steps[0][0].shape == (3,)
+
+
+def test_command_placeholders_carry_the_parameters():
+    solver = program("--steps", "{0:.0f}", "--size", "{1:.0f}")
+    assert solver.argv(np.array([3.0, 7.0]))[-4:] == ["--steps", "3", "--size", "7"]
+    assert_steps(run(solver, (3.0, 7.0)), expected((3.0, 7.0), steps=3, size=7))
+    theta = ExternalSolver(["prog-{theta}"], launcher="direct")
+    assert theta.argv(np.array([0.5, 2.0])) == ["prog-0.5,2.0"]
+
+
+def test_launcher_command_lines():
+    assert Direct().command(["a", "b"], 1) == ["a", "b"]
+    cmd = Mpiexec(args=["-bind-to", "core"]).command(["a"], 4)
+    assert cmd[1:] == ["-n", "4", "-bind-to", "core", "a"] and cmd[0].endswith("mpiexec")
+    cmd = Srun(nodes=2, cpus_per_task=3, args=["--mpi=pmi2"]).command(["a", "b"], 8)
+    assert cmd[1:] == [
+        "--ntasks=8",
+        "--nodes=2",
+        "--cpus-per-task=3",
+        "--kill-on-bad-exit=1",
+        "--job-name=lightning-online-run",
+        "--exact",
+        "--mpi=pmi2",
+        "a",
+        "b",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(command=[]), "non-empty list"),
+        (dict(command="prog"), "non-empty list"),
+        (dict(command=[sys.executable], n_procs=0), "n_procs"),
+        (dict(command=[sys.executable], n_procs=2, launcher="direct"), "Direct launcher"),
+        (dict(command=[sys.executable], launcher="qsub"), "unknown launcher"),
+        (dict(command=[sys.executable], fields=["x", "x"]), "distinct"),
+        (dict(command=[sys.executable], fields=["x" * 60]), "1 to 47 bytes"),
+        (dict(command=[sys.executable], n_steps=0), "n_steps"),
+        (dict(command=[sys.executable], connect_timeout=0), "connect_timeout"),
+        (dict(command=["./no/such/solver"]), "neither on PATH"),
+        (dict(command=[sys.executable], launcher=Srun(executable="no-such-srun")), "SLURM"),
+        (dict(command=[sys.executable], launcher=Mpiexec("no-such-mpiexec")), "cannot find"),
+    ],
+)
+def test_bad_configuration_is_refused_at_construction(kwargs, match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        ExternalSolver(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("args", "kw", "match"),
+    [
+        (["--mode", "exit-before"], {}, r"ended before it connected \(exit code 3\)"),
+        (["--mode", "crash"], {}, r"after 2 steps without lo_close.*exit code 9"),
+        (["--mode", "raise"], {}, "reported an error: RuntimeError: solver diverged at step 2"),
+        (["--mode", "truncate"], {}, "died while sending step 2"),
+        (["--mode", "bad-names"], {}, r"fields \['x', 'z'\], expected \['x', 'y'\]"),
+        (["--mode", "garbage"], {}, "protocol error: bad magic number"),
+        (["--mode", "nonzero-after-close"], {}, "sent 5 steps, then failed"),
+        (["--mode", "sleep"], {"connect_timeout": 1.0}, "did not connect within 1 s"),
+    ],
+)
+def test_faulty_runs_raise_with_the_cause_and_the_programs_output(args, kw, match):
+    t0 = time.monotonic()
+    with pytest.raises(ExternalRunError, match=match) as info:
+        run(program(*args, **kw))
+    assert "lo_ext_client starting with theta=[1.0, 2.0]" in str(info.value)  # output tail
+    assert time.monotonic() - t0 < 20
+
+
+def test_a_stray_connection_is_ignored():
+    assert_steps(run(program("--mode", "stray")), expected((1.0, 2.0)))
+
+
+def test_closing_the_generator_kills_the_program_and_its_mpiexec():
+    gen = program("--steps", "1000", "--delay", "0.01", launcher="mpiexec", n_procs=2)(
+        np.array([1.0, 2.0])
+    )
+    next(gen)
+    running = [
+        p for p in psutil.Process().children(recursive=True) if "lo_ext" in " ".join(p.cmdline())
+    ]
+    assert running
+    gen.close()
+    psutil.wait_procs(running, timeout=10)
+    assert not [p for p in running if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+# -- in a study -------------------------------------------------------------------------------
+
+
+def fit(solver, n_simulations=8, **kw):
+    dm = OnlineDataModule(
+        solver,
+        ParameterSpace([0.0, 0.0], [1.0, 1.0], ["a", "b"]),
+        n_simulations=n_simulations,
+        batch_size=8,
+        n_workers=2,
+        buffer=FIFO(64, watermark=8),
+        sampler=Halton(seed=0),
+        **kw,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=10_000,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Regressor(3, 4), dm)
+    return dm, trainer
+
+
+def test_a_study_of_external_runs_under_mpiexec():
+    dm, trainer = fit(program("--steps", "5", launcher="mpiexec", n_procs=2, n_steps=5))
+    assert dm.stats["completed"] == 8 and dm.stats["failed"] == 0
+    assert dm.stats["samples_received"] == 40 == dm.stats["samples_served"]
+    assert trainer.global_step == 5
+
+
+def test_failed_external_runs_are_counted_reported_and_redrawn(caplog):
+    # Runs with a > 0.6 exit before connecting: each is retried once, then redrawn.
+    dm, _ = fit(program("--steps", "4", "--fail-above", "0.6", n_steps=4), max_failed_fraction=0.9)
+    stats = dm.stats
+    assert stats["completed"] == 8
+    assert stats["failed"] >= 2
+    runs = [r for r in dm.runs.values() if not r.validation]
+    assert all(r.theta[0] <= 0.6 for r in runs if r.status == "completed")
+    failed = [r for r in runs if r.status == "failed"]
+    assert failed and all(r.theta[0] > 0.6 for r in failed)
+    assert all("exit code 3" in r.reason for r in failed)
+    assert "ended before it connected (exit code 3)" in caplog.text
+    assert "giving up before connecting" in caplog.text
