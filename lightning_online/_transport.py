@@ -59,6 +59,17 @@ def _stop_all() -> None:
         pool.stop(timeout=10.0)
 
 
+def _keep_spawns_local() -> None:
+    """Inside a SLURM job, a training rank started without an MPI launcher (``srun --mpi=none``)
+    is an MPI singleton whose process manager would detect SLURM and start the spawned workers
+    through ``srun`` (a job step per spawn, possibly on another node). The workers belong next to
+    their rank: tell the process manager to fork them locally, unless the user chose otherwise."""
+    launched_by_pmi = any(k in os.environ for k in ("PMI_RANK", "PMI_FD", "PMIX_RANK"))
+    if "SLURM_JOB_ID" in os.environ and not launched_by_pmi:
+        os.environ.setdefault("HYDRA_LAUNCHER", "fork")
+        os.environ.setdefault("HYDRA_RMK", "user")
+
+
 class WorkerPool:
     """``n_workers`` spawned MPI workers and the receiver thread that drives them."""
 
@@ -112,6 +123,7 @@ class WorkerPool:
 
     # -- receiver thread -----------------------------------------------------------------------
     def _spawn(self):  # type: ignore[no-untyped-def]
+        _keep_spawns_local()
         from mpi4py import MPI
 
         # The worker must import this package even when it is not installed (a source checkout).

@@ -1,0 +1,109 @@
+/*
+ * lightning_online.h - C client of lightning_online: stream the time steps of a solver
+ * program to the training process that launched it (an ExternalSolver).
+ *
+ * Environment (set by ExternalSolver for each run):
+ *   LIGHTNING_ONLINE_ADDRESS     host:port to connect to (host name, IPv4 or IPv6 address)
+ *   LIGHTNING_ONLINE_TOKEN       ASCII token proving the connection belongs to this run
+ *   LIGHTNING_ONLINE_PARAMETERS  the run's parameters, comma-separated floats
+ *
+ * Typical use (with MPI, only one rank connects and sends):
+ *
+ *   double theta[5];
+ *   if (lo_parameters(theta, 5) != 5) ...;
+ *   lo_client *c = lo_connect();
+ *   if (!c) { fprintf(stderr, "%s\n", lo_last_error()); exit(2); }
+ *   for (k = 0; k < n; k++) {
+ *       int64_t shape[1] = {n_cells};
+ *       lo_field f[1] = {{"u", LO_FLOAT64, 1, shape, u}};
+ *       if (lo_send_step(c, 1, f) != 0) ...;
+ *   }
+ *   lo_close(c);                   (or lo_abort(c, "why") when the run fails)
+ *
+ * Compile the library source together with the program:
+ *
+ *   mpicc -O2 -I$(python -m lightning_online.client --include) my_solver.c \
+ *       $(python -m lightning_online.client --source) -o my_solver -lm
+ *
+ * Wire protocol (the reference is lightning_online/_protocol.py): one TCP connection, messages
+ * from the program only, no replies, everything little-endian. Each message is a 32-byte header
+ *   uint32 magic 0x314E4F4C, uint16 version 1, uint16 kind (1 HELLO, 2 STEP, 3 CLOSE, 4 ERROR),
+ *   uint32 n_fields, uint32 reserved 0, int64 step, uint64 payload_bytes
+ * then the payload: HELLO (first) = the token; STEP = n_fields descriptors of 128 bytes
+ *   char name[48] (NUL-padded), int32 dtype, int32 ndim, int64 shape[8], uint64 nbytes
+ * followed by each field's raw bytes (C order), zero-padded to a multiple of 8; CLOSE = none
+ * (step = number of steps sent); ERROR = UTF-8 message. A connection that ends without CLOSE
+ * or ERROR is reported as a crashed run.
+ *
+ * Functions that fail return NULL or -1 and leave the reason in lo_last_error(). A client is
+ * used by one thread at a time; the library has no other global state.
+ */
+#ifndef LIGHTNING_ONLINE_H
+#define LIGHTNING_ONLINE_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* dtype codes: the index in lightning_online._wire.DTYPES (native little-endian data). */
+#define LO_FLOAT32 0
+#define LO_FLOAT64 1
+#define LO_FLOAT16 2
+#define LO_INT8 3
+#define LO_INT16 4
+#define LO_INT32 5
+#define LO_INT64 6
+#define LO_UINT8 7
+#define LO_BOOL 8 /* one byte per value, 0 or 1 */
+#define LO_COMPLEX64 9 /* pairs of float32 (re, im) */
+#define LO_COMPLEX128 10 /* pairs of float64 (re, im) */
+
+#define LO_MAX_FIELDS 16
+#define LO_MAX_DIMS 8
+
+typedef struct lo_client lo_client; /* opaque */
+
+/* One named array of a step. name: 1 to 47 bytes of UTF-8, unique within the step; shape:
+ * ndim non-negative extents (may be NULL when ndim == 0, a scalar); data: prod(shape) values
+ * of the dtype, contiguous in C order (may be NULL when there are none). */
+typedef struct {
+    const char *name;
+    int dtype;
+    int ndim;
+    const int64_t *shape;
+    const void *data;
+} lo_field;
+
+/* Connect to LIGHTNING_ONLINE_ADDRESS and say HELLO with LIGHTNING_ONLINE_TOKEN.
+ * NULL on failure. */
+lo_client *lo_connect(void);
+
+/* Same with an explicit "host:port" address and token. NULL on failure. */
+lo_client *lo_connect_to(const char *address, const char *token);
+
+/* Parse LIGHTNING_ONLINE_PARAMETERS into theta[0..max-1]. Returns the number of values, or -1
+ * when the variable is missing, does not parse, or holds more than max values. */
+int lo_parameters(double *theta, int max);
+
+/* Send one step (index counted by the client from 0). The arguments are checked before
+ * anything is sent, so a rejected step leaves the connection usable. 0 ok, -1 error. */
+int lo_send_step(lo_client *c, int n_fields, const lo_field *fields);
+
+/* Send CLOSE (the run is complete), close the connection and free the client.
+ * 0 ok, -1 error (the client is freed either way). */
+int lo_close(lo_client *c);
+
+/* Send ERROR with message (the run failed), close the connection and free the client.
+ * 0 ok, -1 error (the client is freed either way). */
+int lo_abort(lo_client *c, const char *message);
+
+/* Reason of the last failure in this thread ("" if none). */
+const char *lo_last_error(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LIGHTNING_ONLINE_H */

@@ -1,0 +1,83 @@
+"""SLURM without a cluster: the tests' stand-in ``srun`` (tests/programs/srun) on PATH runs the
+same command lines locally, so the training job and its job steps are started exactly as on a
+cluster: training ranks by ``srun --mpi=none``, each solver run as an ``srun`` step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_processes import assert_none_left, env_with_marker
+
+from lightning_online import ExternalSolver, Srun
+
+HERE = Path(__file__).parent
+PROGRAM = str(HERE / "programs" / "lo_ext_client.py")
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def slurm_env(tmp_path, monkeypatch):
+    """Inside an 'allocation': the stand-in srun first on PATH and the job's variables set."""
+    path = os.pathsep.join([str(HERE / "programs"), str(Path(sys.executable).parent)])
+    monkeypatch.setenv("PATH", path + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_NAME", "lightning-online-test")
+    monkeypatch.setenv("SRUN_STANDIN_LOG", str(tmp_path / "srun.log"))
+    return tmp_path / "srun.log"
+
+
+def test_each_run_is_an_srun_step(slurm_env):
+    solver = ExternalSolver(
+        [sys.executable, PROGRAM, "--steps", "3"],
+        fields=["x", "y"],
+        n_procs=2,
+        launcher=Srun(cpus_per_task=1),
+        n_steps=3,
+    )
+    steps = list(solver(np.array([0.5, 0.25])))
+    assert len(steps) == 3
+    np.testing.assert_array_equal(steps[2][0], np.array([0.5, 0.25, 2 / 3], np.float32))
+    call = slurm_env.read_text().splitlines()
+    assert len(call) == 1
+    assert call[0].startswith(
+        "srun --ntasks=2 --cpus-per-task=1 --kill-on-bad-exit=1 "
+        "--job-name=lightning-online-run --exact "
+    )
+
+
+def test_training_job_under_srun_with_runs_as_srun_steps(slurm_env, tmp_path):
+    """``srun --mpi=none --ntasks=2 python train.py``: Lightning's SLURMEnvironment, 2 DDP ranks,
+    each spawning its own workers, every solver run an ``srun --ntasks=2`` step."""
+    env, marker = env_with_marker()
+    env.update({k: v for k, v in os.environ.items() if k.startswith(("SLURM", "SRUN", "PATH"))})
+    out = subprocess.run(
+        [
+            "srun",
+            "--mpi=none",
+            "--ntasks=2",
+            sys.executable,
+            str(HERE / "scripts" / "slurm_fit.py"),
+            "result",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"result.{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["env"] == "SLURMEnvironment"
+    assert ranks[0]["stats"]["completed"] == 8 and ranks[0]["stats"]["failed"] == 0
+    assert ranks[0]["stats"]["samples_received"] == 48  # 8 runs x 6 steps, over both ranks
+    steps = [c for c in slurm_env.read_text().splitlines() if "--mpi=none" not in c]
+    assert len(steps) == 8 and all(c.startswith("srun --ntasks=2 ") for c in steps)
+    assert_none_left(marker)
