@@ -311,10 +311,13 @@ class Study:
         held = col["completed"] + col["running"] + col["permits"]
         remaining = self.n_simulations - self.base["completed"] - int(held.sum())
         grants = np.zeros(self.group.size, dtype=np.int64)
-        for r in np.argsort(held, kind="stable"):
-            room = 2 * self.n_workers - col["running"][r] - col["permits"][r]
-            grants[r] = max(0, min(int(room), remaining))
-            remaining -= int(grants[r])
+        room = np.maximum(0, 2 * self.n_workers - col["running"] - col["permits"])
+        # One permit at a time to the rank holding the fewest, so that a small budget is
+        # spread over every rank (a rank that never gets a run has nothing to train on).
+        while remaining > 0 and (room > grants).any():
+            r = int(np.argmin(np.where(room > grants, held + grants, np.iinfo(np.int64).max)))
+            grants[r] += 1
+            remaining -= 1
         want = np.maximum(0, col["permits"] + grants - col["pending"] - col["retry"])
         mine: list[tuple[np.ndarray, bool]] = []
         if want.sum() > 0:

@@ -25,6 +25,10 @@ What differs from a plain ``LightningCLI``:
   fight the solver processes for cores (see :func:`auto_num_threads`).
 * The config of each ``fit`` is saved as ``config.yaml`` in the run's log folder, overwriting an
   older one.
+* Started by ``mpiexec -n R`` (R > 1), the trainer gets Lightning's ``MPIEnvironment`` by
+  default, so that ``mpiexec -n 2 lightning-online fit --config X.yaml --trainer.strategy=ddp
+  --trainer.devices=2`` trains on 2 ranks (Lightning does not detect MPI by itself). Under SLURM
+  (``srun``), Lightning's own ``SLURMEnvironment`` applies instead.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from lightning_online.monitor import StudyMonitor
 from lightning_online.sampling import Halton, LatinHypercube, ParameterSpace, Uniform  # noqa: F401
 from lightning_online.steering import Breed, LossProportional  # noqa: F401
 
-__all__ = ["OnlineCLI", "auto_num_threads", "main"]
+__all__ = ["OnlineCLI", "auto_num_threads", "main", "mpi_world_size"]
 
 #: jsonargparse parser mode of the CLI: YAML with OmegaConf interpolation.
 PARSER_MODE = "omegaconf"
@@ -68,6 +72,16 @@ def auto_num_threads(n_workers: int) -> int | None:
     return n if n < torch.get_num_threads() else None
 
 
+def mpi_world_size() -> int:
+    """Processes of the MPI job that started this one (1 when not started by an MPI launcher),
+    read from the launcher's environment so that MPI itself is not initialised here."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
 class OnlineCLI(LightningCLI):
     """``LightningCLI`` for online studies: an ``OnlineDataModule``, any model, a ``StudyMonitor``.
 
@@ -86,6 +100,12 @@ class OnlineCLI(LightningCLI):
         save_kwargs = dict(kwargs.pop("save_config_kwargs", None) or {})
         save_kwargs.setdefault("overwrite", True)
         kwargs["save_config_kwargs"] = save_kwargs
+        if mpi_world_size() > 1 and "SLURM_NTASKS" not in os.environ:
+            # A class path, not an instance: the saved config.yaml must stay serialisable.
+            mpi_env = {"class_path": "lightning.pytorch.plugins.environments.MPIEnvironment"}
+            defaults = dict(kwargs.pop("trainer_defaults", None) or {})
+            defaults.setdefault("plugins", [mpi_env])
+            kwargs["trainer_defaults"] = defaults
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

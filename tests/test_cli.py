@@ -6,23 +6,28 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from test_processes import assert_none_left, env_with_marker
 
 from lightning_online.active_sampling import ActiveSampling
 from lightning_online.cli import OnlineCLI, auto_num_threads, main
+from lightning_online.client import build, example_source
 from lightning_online.models import CNN1D, FNO1D, FieldMLP
 from lightning_online.monitor import StudyMonitor
 
 ROOT = Path(__file__).parent.parent
 RECIPES = ROOT / "recipes"
 NAMES = ["heat2d", "burgers1d", "allen_cahn1d"]
-ALL = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+EXTERNAL = ["heat2d_c"]  # need a compiled program: tested on their own below
+ALL = sorted(p.stem for p in RECIPES.glob("*.yaml") if p.stem not in EXTERNAL)
 
 # A few runs of a few steps on small grids: seconds per recipe on two cores.
 TINY = {
@@ -71,6 +76,7 @@ def print_config(args: list[str], capsys) -> str:
 
 def test_recipes_come_in_plain_and_breed_pairs():
     assert ALL == sorted([*NAMES, *(f"{n}_breed" for n in NAMES)])
+    assert all((RECIPES / f"{n}.yaml").exists() for n in EXTERNAL)
 
 
 def test_breed_variants_differ_only_in_sampler_callbacks_and_folder():
@@ -129,6 +135,68 @@ def test_validate_and_test_from_a_checkpoint(tmp_path, capsys):
     assert val.datamodule.val_report is not None
     test = OnlineCLI(args=["test", *args])
     assert "test_loss" in test.trainer.callback_metrics
+
+
+# ---------------------------------------------------------------------------- scale-out
+# The same recipe locally (above), on two training ranks under mpiexec, and with the solver
+# swapped for the compiled C program (2 MPI ranks per run).
+@pytest.mark.timeout(240)
+def test_heat2d_recipe_under_mpiexec_on_two_ranks(tmp_path):
+    env, marker = env_with_marker()
+    bin_dir = Path(sys.executable).parent
+    cmd = [str(bin_dir / "mpiexec"), "-n", "2", str(bin_dir / "lightning-online"), "fit"]
+    cmd += [*tiny_args("heat2d", tmp_path), "--trainer.strategy=ddp", "--trainer.devices=2"]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=200, env=env, start_new_session=True
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "Starting with 2 processes" in out.stderr + out.stdout
+    log_dir = tmp_path / "lightning_logs" / "version_0"
+    summary = json.loads((log_dir / "study_summary.json").read_text())
+    assert summary["runs_completed"] == 4 and summary["runs_failed"] == 0
+    assert summary["val_runs"] == 2
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert saved["trainer"]["plugins"][0]["class_path"].endswith("MPIEnvironment")
+    assert_none_left(marker)
+
+
+@pytest.fixture(scope="module")
+def heat2d_program(tmp_path_factory) -> Path:
+    """A folder holding build/heat2d, compiled with the wheel's mpicc as the recipe says."""
+    root = tmp_path_factory.mktemp("heat2d_c")
+    build([example_source("heat2d")], root / "build" / "heat2d")
+    return root
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.usefixtures("no_orphans")
+def test_heat2d_recipe_with_the_external_c_solver(heat2d_program, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(heat2d_program)  # the recipe's command is build/heat2d
+    short = '[build/heat2d, --nx, "16", --ny, "16", --n-steps, "5"]'
+    args = ["--config", str(RECIPES / "heat2d_c.yaml"), f"--data.solver.init_args.command={short}"]
+    args += ["--data.solver.init_args.n_steps=5", *COMMON, f"--trainer.default_root_dir={tmp_path}"]
+    cli = OnlineCLI(args=["fit", *args])
+    dm, trainer = cli.datamodule, cli.trainer
+    assert type(dm.solver).__name__ == "ExternalSolver" and dm.solver.n_procs == 2
+    assert dm.stats["completed"] == 4 and dm.stats["failed"] == 0
+    assert dm.stats["samples_received"] == 20 and trainer.global_step > 0
+    assert "online study summary" in capsys.readouterr().out
+    # The C program's validation fields are the Python solver's, to float32 rounding.
+    from lightning_online.solvers import Heat2D
+
+    val = dm._val_set
+    got = [val.samples[i] for i in np.flatnonzero(val.sim_index == 0)]
+    want = list(Heat2D(nx=16, ny=16, n_steps=5)(dm._val_thetas[0]))
+    assert len(got) == len(want) == 5
+    for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+        np.testing.assert_allclose(gx, wx, rtol=1e-6)
+        np.testing.assert_allclose(gy, wy, rtol=1e-6)
+
+
+def test_external_recipe_without_its_program_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="build it first"):
+        OnlineCLI(args=["fit", "--config", str(RECIPES / "heat2d_c.yaml")])
 
 
 # ---------------------------------------------------------------------------- configuration
