@@ -9,7 +9,7 @@ import pytest
 
 
 def solver_processes() -> list[psutil.Process]:
-    """Our MPI workers and solver sandboxes among the descendants of this process.
+    """Our MPI workers, solver sandboxes and external programs among this process's descendants.
 
     (MPI's own process manager, started once per process by singleton initialisation, lives as
     long as the test process and is not ours to stop.)
@@ -17,7 +17,9 @@ def solver_processes() -> list[psutil.Process]:
     found = []
     for p in psutil.Process().children(recursive=True):
         try:
-            if "lightning_online" in " ".join(p.cmdline()):
+            cmd = " ".join(p.cmdline())
+            # lo_ext*: the tests' external solver programs (tests/programs), and their mpiexec
+            if "lightning_online" in cmd or "lo_ext" in cmd:
                 found.append(p)
         except psutil.NoSuchProcess:
             pass

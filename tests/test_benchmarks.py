@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,32 @@ def test_memory_benchmark_smoke(tmp_path):
     result = json.loads(target.read_text())
     assert result["stream_in_capacities"] >= 2
     assert target.with_suffix(".png").exists()
+
+
+def test_scaling_benchmark_smoke(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    out = run("scaling", ["--quick", "--out", str(tmp_path)], tmp_path)
+    for heading in ("(1) samples/s", "(2) maximum rate", "(3) runs of", "launch overhead"):
+        assert heading in out.stdout, out.stdout[-2000:]
+    assert "ranks for 1000" in out.stdout
+    result = json.loads((tmp_path / "scaling.json").read_text())
+    assert [r["n_workers"] for r in result["rate_vs_runs"]] == [1, 2]
+    assert all(r["received"]["median"] > 0 for r in result["rate_vs_runs"])
+    assert set(result["external"]) >= {"ExternalSolver, direct", "ExternalSolver, mpiexec -n 1"}
+    assert all(v["ranks_for_N"] >= 1 for v in result["estimate"].values())
+
+    # nothing the script started (MPI workers, sandboxes, solver programs, mpiexec) outlives it:
+    # they all run in its working directory, tmp_path
+    def left() -> list:
+        found = []
+        for p in psutil.process_iter(["cwd", "cmdline"]):
+            if p.info["cwd"] and Path(p.info["cwd"]).is_relative_to(tmp_path):
+                found.append(p.info["cmdline"])
+        return found
+
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left()
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "scaling.png").exists()

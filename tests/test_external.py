@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -15,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 from _models import Regressor
+from test_processes import marked_processes
 
 from lightning_online import (
     FIFO,
@@ -169,7 +171,7 @@ def test_closing_the_generator_kills_the_program_and_its_mpiexec():
 # -- in a study -------------------------------------------------------------------------------
 
 
-def fit(solver, n_simulations=8, **kw):
+def fit(solver, n_simulations=8, max_steps=10_000, **kw):
     dm = OnlineDataModule(
         solver,
         ParameterSpace([0.0, 0.0], [1.0, 1.0], ["a", "b"]),
@@ -182,7 +184,7 @@ def fit(solver, n_simulations=8, **kw):
     )
     trainer = pl.Trainer(
         accelerator="cpu",
-        max_steps=10_000,
+        max_steps=max_steps,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -212,3 +214,17 @@ def test_failed_external_runs_are_counted_reported_and_redrawn(caplog):
     assert all("exit code 3" in r.reason for r in failed)
     assert "ended before it connected (exit code 3)" in caplog.text
     assert "giving up before connecting" in caplog.text
+
+
+def test_stopping_training_mid_run_ends_the_programs(monkeypatch):
+    """max_steps ends fit while the programs compute (silent, not sending): the workers kill
+    their sandboxes, and the programs (under mpiexec, 2 ranks) die with them. Orphans are
+    re-parented away from this process, so they are found by an environment marker."""
+    marker = uuid.uuid4().hex
+    monkeypatch.setenv("LIGHTNING_ONLINE_TEST_MARKER", marker)
+    stalls = program("--steps", "500", "--stall-after", "20", launcher="mpiexec", n_procs=2)
+    dm, trainer = fit(stalls, n_simulations=64, max_steps=2)
+    assert trainer.global_step == 2
+    assert dm.stats["completed"] == 0 and dm.stats["failed"] == 0
+    programs = [p for p in marked_processes(marker) if "lo_ext_client" in " ".join(p.cmdline())]
+    assert not programs or psutil.wait_procs(programs, timeout=15)[1] == []

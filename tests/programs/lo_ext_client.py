@@ -23,6 +23,7 @@ p.add_argument("--mode", default="ok")
 p.add_argument("--at", type=int, default=2)
 p.add_argument("--fail-above", type=float, default=None)
 p.add_argument("--delay", type=float, default=0.0)
+p.add_argument("--stall-after", type=int, default=None)
 args = p.parse_args()
 
 if os.environ.get("PMI_RANK", "0") != "0":  # an MPI launch: only rank 0 talks to the trainer
@@ -52,6 +53,8 @@ with client.connect() as run:
     for k in range(args.steps):
         if args.delay:
             time.sleep(args.delay)
+        if k == args.stall_after:  # computes for a long time without sending
+            time.sleep(600)
         if k == args.at:
             if mode == "crash":
                 os._exit(9)
