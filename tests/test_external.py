@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 from _models import Regressor
+from conftest import solver_processes
 from test_processes import marked_processes
 
 from lightning_online import (
@@ -158,14 +159,14 @@ def test_closing_the_generator_kills_the_program_and_its_mpiexec():
     gen = program("--steps", "1000", "--delay", "0.01", launcher="mpiexec", n_procs=2)(
         np.array([1.0, 2.0])
     )
-    next(gen)
-    running = [
-        p for p in psutil.Process().children(recursive=True) if "lo_ext" in " ".join(p.cmdline())
-    ]
-    assert running
-    gen.close()
-    psutil.wait_procs(running, timeout=10)
-    assert not [p for p in running if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    try:
+        next(gen)
+        running = [p for p in solver_processes() if "lo_ext" in " ".join(p.cmdline())]
+        assert running
+    finally:
+        gen.close()
+    _, alive = psutil.wait_procs(running, timeout=10)
+    assert not alive
 
 
 # -- in a study -------------------------------------------------------------------------------
