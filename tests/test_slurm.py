@@ -17,6 +17,7 @@ from test_processes import assert_none_left, env_with_marker
 from lightning_online import ExternalSolver, Srun
 
 HERE = Path(__file__).parent
+ROOT = HERE.parent
 PROGRAM = str(HERE / "programs" / "lo_ext_client.py")
 pytestmark = pytest.mark.timeout(240)
 
@@ -80,4 +81,45 @@ def test_training_job_under_srun_with_runs_as_srun_steps(slurm_env, tmp_path):
     assert ranks[0]["stats"]["samples_received"] == 48  # 8 runs x 6 steps, over both ranks
     steps = [c for c in slurm_env.read_text().splitlines() if "--mpi=none" not in c]
     assert len(steps) == 8 and all(c.startswith("srun --ntasks=2 ") for c in steps)
+    assert_none_left(marker)
+
+
+def test_the_cluster_recipe_runs_its_study_with_the_stand_in_srun(slurm_env, tmp_path):
+    """recipes/heat2d_c.sbatch as sbatch would run it (a bash script in the submit folder):
+    builds the C solver, starts 2 training ranks with srun, every run an srun step of 2 ranks."""
+    env, marker = env_with_marker()
+    env.update({k: v for k, v in os.environ.items() if k.startswith(("SLURM", "SRUN", "PATH"))})
+    env.update(TRAINING_TASKS="2", ACCELERATOR="cpu", RECIPE=str(ROOT / "recipes/heat2d_c.yaml"))
+    short = '[build/heat2d, --nx, "16", --ny, "16", --n-steps, "5"]'
+    tiny = [
+        f"--data.solver.init_args.command={short}",
+        "--data.solver.init_args.n_steps=5",
+        "--data.n_simulations=6",
+        "--data.val_parameters=2",
+        "--data.batch_size=8",
+        "--data.buffer.init_args.capacity=64",
+        "--data.buffer.init_args.watermark=8",
+        "--trainer.max_steps=20",
+        "--trainer.val_check_interval=3",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    out = subprocess.run(
+        ["bash", str(ROOT / "recipes/heat2d_c.sbatch"), *tiny],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert (tmp_path / "build" / "heat2d").exists()
+    log_dir = tmp_path / "lightning_logs" / "version_4242"  # under SLURM: the job's id
+    summary = json.loads((log_dir / "study_summary.json").read_text())
+    assert summary["runs_completed"] == 6 and summary["runs_failed"] == 0
+    calls = slurm_env.read_text().splitlines()
+    assert calls[0].startswith("srun --mpi=none --nodes=1 --ntasks=2 --overlap lightning-online")
+    steps = [c for c in calls[1:] if c.startswith("srun --ntasks=2 ")]
+    assert len(steps) == 6 + 2  # the runs and the validation runs, each a job step
     assert_none_left(marker)
