@@ -200,7 +200,7 @@ def test_external_recipe_without_its_program_says_how_to_build_it(tmp_path, monk
 
 
 # ---------------------------------------------------------------------------- configuration
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [*ALL, *EXTERNAL])
 def test_print_config_round_trips(name, tmp_path, capsys):
     first = print_config(["fit", "--config", str(RECIPES / f"{name}.yaml")], capsys)
     saved = tmp_path / "printed.yaml"
