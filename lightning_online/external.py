@@ -276,7 +276,8 @@ class ExternalSolver:
                 )
             if select.select([listener], [], [], min(left, 0.1))[0]:
                 conn, _ = listener.accept()
-                conn.settimeout(max(1.0, deadline - time.monotonic()))
+                # A stray peer that never says hello must not hold up the program's connection.
+                conn.settimeout(min(5.0, max(0.5, deadline - time.monotonic())))
                 try:
                     head = _recv_exact(conn, proto.HEADER.size)
                     kind, _, _, size = proto.decode_header(head) if head else (0, 0, 0, 0)
