@@ -244,41 +244,65 @@ def paced(n_workers: int, kb: float, step_ms: float, a: argparse.Namespace) -> d
 
 
 def launch_overhead(n: int) -> dict[str, dict[str, list[float]]]:
-    """One-step runs of the client program started from this process, the launchers taking
-    turns (so that load from elsewhere hits both alike): launch -> first step, -> exit. And, for
-    reference, the bare interpreter with the client's imports (no connection)."""
+    """One-step runs started from this process, the launchers taking turns (so that load from
+    elsewhere hits all alike): launch -> first step, -> exit. The Python client program, and the
+    compiled C heat solver (built here with the client library) directly, under ``mpiexec -n 1``
+    and ``-n 2``. And, for reference, the bare interpreter with the client's imports."""
+    import shutil
+    import tempfile
+
+    from lightning_online.client import build, example_source
+
+    tmp = Path(tempfile.mkdtemp(prefix="lo-scaling-"))
+    heat = str(build([example_source("heat2d")], tmp / "heat2d"))
+    c_args = [heat, "--nx", "16", "--ny", "16", "--n-steps", "1"]
+    py_args = [sys.executable, CLIENT, "--steps", "1", "--floats", "16"]
+    opts = dict(n_steps=1, connect_timeout=60, exit_timeout=30)
     solvers = {
-        name: ExternalSolver(
-            [sys.executable, CLIENT, "--steps", "1", "--floats", "16"],
-            launcher=name,
-            n_steps=1,
-            fields=["y"],
-            connect_timeout=60,
-            exit_timeout=30,
-        )
-        for name in ("direct", "mpiexec")
+        "Python client, direct": (ExternalSolver(py_args, launcher="direct", **opts), 1),
+        "Python client, mpiexec -n 1": (ExternalSolver(py_args, launcher="mpiexec", **opts), 1),
+        "C heat2d, direct": (ExternalSolver(c_args, launcher="direct", **opts), 5),
+        "C heat2d, mpiexec -n 1": (ExternalSolver(c_args, launcher="mpiexec", **opts), 5),
+        "C heat2d, mpiexec -n 2": (ExternalSolver(c_args, n_procs=2, **opts), 5),
     }
     out: dict[str, dict[str, list[float]]] = {
         name: {"first_step_s": [], "total_s": []} for name in [*solvers, "interpreter"]
     }
-    for k in range(n):
-        for name, solver in solvers.items():
+    try:
+        for k in range(n):
+            for name, (solver, dims) in solvers.items():
+                t0 = time.perf_counter()
+                gen = solver(np.full(dims, 100.0 + k))
+                next(gen)
+                out[name]["first_step_s"].append(time.perf_counter() - t0)
+                for _ in gen:
+                    pass
+                out[name]["total_s"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            gen = solver(np.array([k / max(1, n)]))
-            next(gen)
-            out[name]["first_step_s"].append(time.perf_counter() - t0)
-            for _ in gen:
-                pass
-            out[name]["total_s"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-c", "import numpy, socket; from lightning_online import client"],
-            check=True,
-            timeout=60,
-            cwd=str(Path(__file__).resolve().parent.parent),
-        )
-        out["interpreter"]["total_s"].append(time.perf_counter() - t0)
+            subprocess.run(
+                [sys.executable, "-c", "import numpy, socket; from lightning_online import client"],
+                check=True,
+                timeout=60,
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
+            out["interpreter"]["total_s"].append(time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def print_launches(launches: dict[str, dict[str, list[float]]], n: int) -> None:
+    rows = [
+        [
+            name if name != "interpreter" else "(python -c 'import numpy; ...client')",
+            f"{1e3 * np.median(v['first_step_s']):.0f}" if v["first_step_s"] else "-",
+            f"{1e3 * np.median(v['total_s']):.0f}",
+            spread([1e3 * t for t in v["total_s"]]),
+        ]
+        for name, v in launches.items()
+    ]
+    print(f"\nper-run launch overhead (one-step runs, one at a time, median of {n})")
+    print(table(rows, ["launcher", "to first step ms", "to exit ms", "spread"]))
 
 
 def r_max_at(size: float, sizes: list[int], rates: list[float]) -> float:
@@ -370,6 +394,9 @@ def main() -> None:
     p.add_argument("--launches", type=int, default=8, help="one-step runs per launcher")
     p.add_argument("--study-runs", type=int, default=1000, help="N of the estimate")
     p.add_argument("--quick", action="store_true", help="~20 s: the smoke test")
+    p.add_argument(
+        "--launch-only", action="store_true", help="only the launch overhead (-> scaling_launch)"
+    )
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     if a.quick:
@@ -378,6 +405,11 @@ def main() -> None:
         a.ext_workers, a.ext_steps, a.launches = 2, 5, 1
     torch.set_num_threads(1)
     t_script = time.perf_counter()
+    if a.launch_only:
+        launches = launch_overhead(a.launches)
+        print_launches(launches, a.launches)
+        save("scaling_launch", {"launch_overhead_s": launches}, a.out)
+        return
 
     load_start = os.getloadavg()
 
@@ -554,17 +586,7 @@ def main() -> None:
         )
     )
     launches = launch_overhead(a.launches)
-    out_launch = [
-        [
-            name if name != "interpreter" else "(python -c 'import numpy; ...client')",
-            f"{1e3 * np.median(v['first_step_s']):.0f}" if v["first_step_s"] else "-",
-            f"{1e3 * np.median(v['total_s']):.0f}",
-            spread([1e3 * t for t in v["total_s"]]),
-        ]
-        for name, v in launches.items()
-    ]
-    print(f"\nper-run launch overhead (one-step runs, one at a time, median of {a.launches})")
-    print(table(out_launch, ["launcher", "to first step ms", "to exit ms", "spread"]))
+    print_launches(launches, a.launches)
 
     # estimate --------------------------------------------------------------------------------
     examples = {
