@@ -59,14 +59,25 @@ def read_frame(inp: BinaryIO) -> tuple[bytes, bytearray] | None:
     return bytes([kind]), payload
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this process if its worker dies, so no solver is ever orphaned."""
+# Variables of the MPI process manager: a process started from an MPI process (a solver sandbox,
+# an external program's launcher) must not believe it belongs to that MPI job.
+_MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDI_", "HYDRA_", "MPIR_", "MPICH_", "OMPI_")
+
+
+def mpi_free_environ() -> dict[str, str]:
+    """This process's environment without the MPI process manager's variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_MPI_ENV_PREFIXES)}
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies, so that no solver is ever
+    orphaned (also usable as a ``preexec_fn``)."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes
 
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            libc.prctl(1, sig)  # PR_SET_PDEATHSIG
         except OSError:  # pragma: no cover - best effort
             pass
 
@@ -140,7 +151,7 @@ def run(inp: BinaryIO, out: BinaryIO) -> None:
 
 
 def main() -> None:
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when a run stops
     read_fd, write_fd = int(sys.argv[1]), int(sys.argv[2])
     with os.fdopen(read_fd, "rb", buffering=0) as inp, os.fdopen(write_fd, "wb") as out:

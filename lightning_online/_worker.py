@@ -27,15 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from lightning_online._runner import read_frame, write_frame
+from lightning_online._runner import mpi_free_environ, read_frame, write_frame
 from lightning_online._wire import encode_end
 
 TAG_TASK, TAG_STOP, TAG_SAMPLE, TAG_END, TAG_BYE, TAG_FATAL = range(11, 17)
 _WINDOW = 16  # synchronous sends in flight per worker
-
-# Variables of the MPI process manager: a solver that imports mpi4py must not believe it belongs
-# to the worker's MPI job.
-_MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDI_", "HYDRA_", "MPIR_", "MPICH_", "OMPI_")
 
 
 def describe_exit(code: int) -> str:
@@ -54,7 +50,7 @@ class _Sandbox:
     def __init__(self, solver: bytes, python_path: list[str]) -> None:
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_MPI_ENV_PREFIXES)}
+        env = mpi_free_environ()  # a solver that imports mpi4py must not join this MPI job
         env["PYTHONPATH"] = os.pathsep.join(python_path)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lightning_online._runner", str(to_child_r), str(from_child_w)],

@@ -35,13 +35,11 @@ from typing import IO, Any
 import numpy as np
 
 from lightning_online import _protocol as proto
+from lightning_online._runner import die_with_parent, mpi_free_environ, read_exact
 from lightning_online.client import ENV_ADDRESS, ENV_PARAMETERS, ENV_TOKEN
 from lightning_online.launchers import Launcher, resolve_launcher
 
 __all__ = ["ExternalRunError", "ExternalSolver"]
-
-# The program must not believe it belongs to the MPI job of the process that launches it.
-_MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDI_", "HYDRA_", "MPIR_", "MPICH_", "OMPI_")
 
 
 class ExternalRunError(RuntimeError):
@@ -76,25 +74,7 @@ class _Tail:
 def _die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM when the sandbox dies (mpiexec and srun forward it
     to every rank), so that no solver run outlives the study that launched it."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:  # pragma: no cover - best effort
-            pass
-
-
-def _recv_exact(conn: socket.socket, n: int) -> bytearray | None:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = conn.recv_into(view[got:])
-        if not k:
-            return None
-        got += k
-    return buf
+    die_with_parent(signal.SIGTERM)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -237,7 +217,7 @@ class ExternalSolver:
         return "127.0.0.1", "127.0.0.1"
 
     def _launch(self, theta: np.ndarray, address: str, token: str) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_MPI_ENV_PREFIXES)}
+        env = mpi_free_environ()  # the program must not join the MPI job of its launcher
         env.update(self.env)
         env[ENV_ADDRESS] = address
         env[ENV_TOKEN] = token
@@ -278,12 +258,15 @@ class ExternalSolver:
                 conn, _ = listener.accept()
                 # A stray peer that never says hello must not hold up the program's connection.
                 conn.settimeout(min(5.0, max(0.5, deadline - time.monotonic())))
+                hello = conn.makefile("rb", buffering=0)
                 try:
-                    head = _recv_exact(conn, proto.HEADER.size)
+                    head = read_exact(hello, proto.HEADER.size)
                     kind, _, _, size = proto.decode_header(head) if head else (0, 0, 0, 0)
-                    got = _recv_exact(conn, size) if kind == proto.HELLO and size < 1024 else None
+                    got = read_exact(hello, size) if kind == proto.HELLO and size < 1024 else None
                 except (OSError, proto.ProtocolError):
                     got = None
+                finally:
+                    hello.close()  # the socket itself stays open
                 if got is not None and secrets.compare_digest(bytes(got), token.encode()):
                     conn.settimeout(None)
                     return conn
@@ -300,16 +283,18 @@ class ExternalSolver:
         assert proc.stdout is not None
         tail = _Tail(proc.stdout, self.echo_output)
         conn: socket.socket | None = None
+        inp: IO[bytes] | None = None  # conn's reading side (read_exact wants readinto)
         try:
             try:
                 conn = self._accept(listener, proc, tail, token)
             finally:
                 listener.close()
+            inp = conn.makefile("rb", buffering=0)
             names = self.fields
             step = 0
             while True:
                 try:
-                    head = _recv_exact(conn, proto.HEADER.size)
+                    head = read_exact(inp, proto.HEADER.size)
                     if head is None:
                         raise self._fail(
                             proc,
@@ -322,7 +307,7 @@ class ExternalSolver:
                         raise proto.ProtocolError(
                             f"message of {size} bytes exceeds max_step_bytes={self.max_step_bytes}"
                         )
-                    payload = _recv_exact(conn, size) if size else bytearray()
+                    payload = read_exact(inp, size) if size else bytearray()
                 except ConnectionError as exc:
                     raise self._fail(
                         proc, tail, f"connection lost after {step} steps: {exc}"
@@ -356,8 +341,9 @@ class ExternalSolver:
                     )
                 yield tuple(fields[n] for n in names)
                 step += 1
+            inp.close()
             conn.close()
-            conn = None
+            inp = conn = None
             try:
                 code = proc.wait(timeout=self.exit_timeout)
             except subprocess.TimeoutExpired:
@@ -369,8 +355,9 @@ class ExternalSolver:
             if code != 0:
                 raise self._fail(proc, tail, f"the program sent {step} steps, then failed")
         finally:
-            if conn is not None:
-                conn.close()
+            for end in (inp, conn):
+                if end is not None:
+                    end.close()
             _stop(proc)
 
 
