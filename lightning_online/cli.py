@@ -75,7 +75,8 @@ def auto_num_threads(n_workers: int) -> int | None:
 def mpi_world_size() -> int:
     """Processes of the MPI job that started this one (1 when not started by an MPI launcher),
     read from the launcher's environment so that MPI itself is not initialised here."""
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE"):
+    # MPICH (hydra) and Intel MPI, Open MPI, MVAPICH2
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
         value = os.environ.get(var, "")
         if value.isdigit():
             return int(value)

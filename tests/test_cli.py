@@ -18,7 +18,7 @@ import yaml
 from test_processes import assert_none_left, env_with_marker
 
 from lightning_online.active_sampling import ActiveSampling
-from lightning_online.cli import OnlineCLI, auto_num_threads, main
+from lightning_online.cli import OnlineCLI, auto_num_threads, main, mpi_world_size
 from lightning_online.client import build, example_source
 from lightning_online.models import CNN1D, FNO1D, FieldMLP
 from lightning_online.monitor import StudyMonitor
@@ -158,6 +158,20 @@ def test_heat2d_recipe_under_mpiexec_on_two_ranks(tmp_path):
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert saved["trainer"]["plugins"][0]["class_path"].endswith("MPIEnvironment")
     assert_none_left(marker)
+
+
+def test_mpi_launch_is_read_from_the_launchers_environment(monkeypatch, capsys):
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    args = ["fit", "--config", str(RECIPES / "heat2d.yaml")]
+    assert mpi_world_size() == 1
+    assert yaml.safe_load(print_config(args, capsys))["trainer"]["plugins"] is None
+    monkeypatch.setenv("MV2_COMM_WORLD_SIZE", "4")  # as under an MPI launcher (MVAPICH2's)
+    assert mpi_world_size() == 4
+    plugins = yaml.safe_load(print_config(args, capsys))["trainer"]["plugins"]
+    assert plugins == [{"class_path": "lightning.pytorch.plugins.environments.MPIEnvironment"}]
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # under srun, Lightning's SLURMEnvironment applies
+    assert yaml.safe_load(print_config(args, capsys))["trainer"]["plugins"] is None
 
 
 @pytest.fixture(scope="module")
