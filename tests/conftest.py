@@ -3,34 +3,57 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import psutil
 import pytest
 
+_OURS = ("lightning_online", "lo_ext")  # workers, sandboxes; the tests' external programs
 
-def solver_processes() -> list[psutil.Process]:
-    """Our MPI workers, solver sandboxes and external programs among this process's descendants.
+
+def _ours(p: psutil.Process) -> bool:
+    return any(mark in " ".join(p.cmdline()) for mark in _OURS)
+
+
+def solver_processes(marker: str | None = None) -> list[psutil.Process]:
+    """Our MPI workers, solver sandboxes and external programs: among this process's
+    descendants and, with ``marker``, anywhere on the machine whose environment carries it (a
+    process whose parent died is re-parented away from this process's tree).
 
     (MPI's own process manager, started once per process by singleton initialisation, lives as
     long as the test process and is not ours to stop.)
     """
-    found = []
+    found = {}
     for p in psutil.Process().children(recursive=True):
         try:
-            cmd = " ".join(p.cmdline())
-            # lo_ext*: the tests' external solver programs (tests/programs), and their mpiexec
-            if "lightning_online" in cmd or "lo_ext" in cmd:
-                found.append(p)
-        except psutil.NoSuchProcess:
+            if _ours(p):
+                found[p.pid] = p
+        except psutil.NoSuchProcess:  # includes zombies
             pass
-    return found
+    if marker is not None:
+        for p in psutil.process_iter():
+            try:
+                if p.pid not in found and p.environ().get(MARKER) == marker and _ours(p):
+                    found[p.pid] = p
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+    return list(found.values())
+
+
+MARKER = "LIGHTNING_ONLINE_TEST_MARKER"
 
 
 @pytest.fixture
-def no_orphans():
+def no_orphans(monkeypatch):
+    """Fails the test if a worker, sandbox or program it started is still running 10 s after it.
+
+    Every process the test starts inherits a marker in its environment, so that orphans are
+    found even after they were re-parented."""
+    marker = uuid.uuid4().hex
+    monkeypatch.setenv(MARKER, marker)
     yield
     deadline = time.monotonic() + 10
-    while solver_processes() and time.monotonic() < deadline:
+    while solver_processes(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = solver_processes()
+    left = solver_processes(marker)
     assert not left, f"solver processes left behind: {[p.cmdline() for p in left]}"

@@ -6,9 +6,9 @@ The programs here are real processes (a Python client program, started directly 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -17,7 +17,6 @@ import psutil
 import pytest
 from _models import Regressor
 from conftest import solver_processes
-from test_processes import marked_processes
 
 from lightning_online import (
     FIFO,
@@ -217,15 +216,17 @@ def test_failed_external_runs_are_counted_reported_and_redrawn(caplog):
     assert "giving up before connecting" in caplog.text
 
 
-def test_stopping_training_mid_run_ends_the_programs(monkeypatch):
+def test_stopping_training_mid_run_ends_the_programs():
     """max_steps ends fit while the programs compute (silent, not sending): the workers kill
     their sandboxes, and the programs (under mpiexec, 2 ranks) die with them. Orphans are
-    re-parented away from this process, so they are found by an environment marker."""
-    marker = uuid.uuid4().hex
-    monkeypatch.setenv("LIGHTNING_ONLINE_TEST_MARKER", marker)
+    re-parented away from this process, so they are found by the no_orphans fixture's marker."""
     stalls = program("--steps", "500", "--stall-after", "20", launcher="mpiexec", n_procs=2)
     dm, trainer = fit(stalls, n_simulations=64, max_steps=2)
     assert trainer.global_step == 2
     assert dm.stats["completed"] == 0 and dm.stats["failed"] == 0
-    programs = [p for p in marked_processes(marker) if "lo_ext_client" in " ".join(p.cmdline())]
+    programs = [
+        p
+        for p in solver_processes(os.environ["LIGHTNING_ONLINE_TEST_MARKER"])
+        if "lo_ext_client" in " ".join(p.cmdline())
+    ]
     assert not programs or psutil.wait_procs(programs, timeout=15)[1] == []
