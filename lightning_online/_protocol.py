@@ -1,18 +1,22 @@
 """Wire protocol between an external solver program and its :class:`~lightning_online.ExternalSolver`.
 
 The program connects with a TCP socket to the address it finds in its environment and sends
-messages; there are no replies. Everything is little-endian. Every message starts with the same
+messages; there are no replies. A run may also have several senders, *parts* (each MPI rank of
+the program sending its share instead of gathering on one rank): one connection per part; the
+receiving side reads step k from every part in part order and concatenates each field along its
+first axis (a part without a share of a field sends it with a first extent of 0). Everything is little-endian. Every message starts with the same
 32-byte header, checked field by field on the receiving side::
 
     uint32 magic          0x314E4F4C ("LON1" in memory)
-    uint16 version        1
+    uint16 version        2
     uint16 kind           1 HELLO, 2 STEP, 3 CLOSE, 4 ERROR
     uint32 n_fields       STEP: number of fields (1..16); otherwise 0
     uint32 reserved       0
     int64  step           STEP: index of the step (0, 1, ...); CLOSE: number of steps sent
     uint64 payload_bytes  bytes that follow the header
 
-HELLO (first message): payload = the token from ``LIGHTNING_ONLINE_TOKEN`` (ASCII).
+HELLO (first message): payload = ``uint32 part, uint32 n_parts``, then the token from
+``LIGHTNING_ONLINE_TOKEN`` (ASCII). A single sender is part 0 of 1.
 STEP: ``n_fields`` descriptors of 128 bytes, then each field's raw bytes (C order), each padded
 with zeros to a multiple of 8 bytes::
 
@@ -22,8 +26,8 @@ with zeros to a multiple of 8 bytes::
     int64  shape[8]       unused entries 0
     uint64 nbytes         prod(shape) * itemsize, checked
 
-CLOSE: no payload; the run is complete. ERROR: payload = UTF-8 message; the run failed.
-A connection that ends without CLOSE or ERROR is a crashed run.
+CLOSE: no payload; this part is complete. ERROR: payload = UTF-8 message; the run failed.
+A connection that ends without CLOSE or ERROR is a crashed run. Each part counts its own steps.
 
 This module is the single definition used by the Python client, the receiving side and the
 tests; ``csrc/lightning_online.h`` mirrors it for C.
@@ -47,19 +51,23 @@ __all__ = [
     "STEP",
     "VERSION",
     "ProtocolError",
+    "decode_hello",
     "decode_step",
     "encode_header",
+    "encode_hello",
     "encode_step",
     "pad8",
 ]
 
 MAGIC = 0x314E4F4C
-VERSION = 1
+VERSION = 2
+MAX_PARTS = 65536
 HELLO, STEP, CLOSE, ERROR = 1, 2, 3, 4
 KINDS = {HELLO: "HELLO", STEP: "STEP", CLOSE: "CLOSE", ERROR: "ERROR"}
 NAME_BYTES = 48
 
 HEADER = struct.Struct("<IHHIIqQ")
+_HELLO = struct.Struct("<II")
 DESCRIPTOR = np.dtype(
     [
         ("name", f"S{NAME_BYTES}"),
@@ -84,6 +92,24 @@ def pad8(n: int) -> int:
 
 def encode_header(kind: int, payload_bytes: int, n_fields: int = 0, step: int = 0) -> bytes:
     return HEADER.pack(MAGIC, VERSION, kind, n_fields, 0, step, payload_bytes)
+
+
+def encode_hello(token: str, part: int = 0, n_parts: int = 1) -> bytes:
+    """A whole HELLO message (header and payload)."""
+    if not 1 <= n_parts <= MAX_PARTS or not 0 <= part < n_parts:
+        raise ValueError(f"part must be in [0, n_parts) and 1 <= n_parts <= {MAX_PARTS}")
+    payload = _HELLO.pack(part, n_parts) + token.encode("ascii")
+    return encode_header(HELLO, len(payload)) + payload
+
+
+def decode_hello(payload: bytes | bytearray) -> tuple[int, int, bytes]:
+    """``(part, n_parts, token)`` of a HELLO payload."""
+    if len(payload) < _HELLO.size:
+        raise ProtocolError(f"HELLO payload of {len(payload)} bytes is too short")
+    part, n_parts = _HELLO.unpack_from(payload)
+    if not 1 <= n_parts <= MAX_PARTS or not part < n_parts:
+        raise ProtocolError(f"HELLO announces part {part} of {n_parts}")
+    return part, n_parts, bytes(payload[_HELLO.size :])
 
 
 def decode_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:

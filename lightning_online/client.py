@@ -11,8 +11,10 @@ Three calls, the same in Python and in C (``csrc/lightning_online.h``)::
             run.send({"x": x, "y": field})  # one step: named numpy arrays
     # leaving the block closes the run; an exception inside it reports the run as failed
 
-This module does not import MPI or torch; in an MPI program, connect and send from one rank
-(gather the field there first). The C library's sources ship with the package:
+This module does not import MPI or torch. In an MPI program, either connect and send from one
+rank (gather the fields there first), or let every rank send its share:
+``client.connect(part=rank, n_parts=size)``; the training side concatenates each field along its
+first axis in rank order (a rank without a share sends an array of first extent 0). The C library's sources ship with the package:
 ``python -m lightning_online.client --include`` prints the include directory and ``--source`` the
 library's source file, for ``mpicc``; :func:`build` compiles a program with them.
 """
@@ -137,10 +139,20 @@ class Client:
             self.abort(f"{detail}\n{''.join(traceback.format_tb(tb, limit=-3))}")
 
 
-def connect(address: str | None = None, token: str | None = None, timeout: float = 60.0) -> Client:
-    """Connect to the training side (defaults: ``LIGHTNING_ONLINE_ADDRESS`` and ``_TOKEN``)."""
+def connect(
+    address: str | None = None,
+    token: str | None = None,
+    timeout: float = 60.0,
+    *,
+    part: int = 0,
+    n_parts: int = 1,
+) -> Client:
+    """Connect to the training side (defaults: ``LIGHTNING_ONLINE_ADDRESS`` and ``_TOKEN``).
+
+    ``part``/``n_parts``: this sender's index among the run's senders (e.g. the MPI rank and
+    size when every rank sends its share of each step)."""
     address = address or _env(ENV_ADDRESS)
-    token = token or _env(ENV_TOKEN)
+    hello = proto.encode_hello(token or _env(ENV_TOKEN), part, n_parts)  # checks the part
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"address must be 'host:port', got {address!r}")
@@ -148,8 +160,7 @@ def connect(address: str | None = None, token: str | None = None, timeout: float
     sock.settimeout(None)  # sends may block for long under backpressure; that is intended
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client = Client(sock)
-    raw = token.encode("ascii")
-    client._sendall([proto.encode_header(proto.HELLO, len(raw)), raw])
+    client._sendall([hello])
     return client
 
 

@@ -246,34 +246,110 @@ class ExternalSolver:
 
     def _accept(
         self, listener: socket.socket, proc: subprocess.Popen[bytes], tail: _Tail, token: str
-    ) -> socket.socket:
+    ) -> list[socket.socket]:
+        """The run's connections, one per part, in part order (connections without this run's
+        token are dropped: a stray peer cannot take the run's place)."""
         deadline = time.monotonic() + self.connect_timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise self._fail(
-                    proc, tail, f"the program did not connect within {self.connect_timeout:g} s"
-                )
-            if select.select([listener], [], [], min(left, 0.1))[0]:
+        parts: dict[int, socket.socket] = {}
+        n_parts: int | None = None
+        try:
+            while n_parts is None or len(parts) < n_parts:
+                left = deadline - time.monotonic()
+                so_far = f"; {len(parts)} of {n_parts} parts connected" if n_parts else ""
+                if left <= 0:
+                    raise self._fail(
+                        proc,
+                        tail,
+                        f"the program did not connect within {self.connect_timeout:g} s{so_far}",
+                    )
+                if not select.select([listener], [], [], min(left, 0.1))[0]:
+                    if proc.poll() is not None:
+                        raise self._fail(
+                            proc, tail, f"the program ended before it connected{so_far}"
+                        )
+                    continue
                 conn, _ = listener.accept()
-                # A stray peer that never says hello must not hold up the program's connection.
-                conn.settimeout(min(5.0, max(0.5, deadline - time.monotonic())))
-                hello = conn.makefile("rb", buffering=0)
-                try:
-                    head = read_exact(hello, proto.HEADER.size)
-                    kind, _, _, size = proto.decode_header(head) if head else (0, 0, 0, 0)
-                    got = read_exact(hello, size) if kind == proto.HELLO and size < 1024 else None
-                except (OSError, proto.ProtocolError):
-                    got = None
-                finally:
-                    hello.close()  # the socket itself stays open
-                if got is not None and secrets.compare_digest(bytes(got), token.encode()):
-                    conn.settimeout(None)
-                    return conn
-                conn.close()  # a stray or foreign connection: keep waiting for the program
-                continue
-            if proc.poll() is not None:
-                raise self._fail(proc, tail, "the program ended before it connected")
+                hello = self._hello(conn, token, deadline)
+                if hello is None:
+                    conn.close()  # a stray or foreign connection: keep waiting for the program
+                    continue
+                part, n = hello
+                parts_before = n_parts
+                n_parts = n if n_parts is None else n_parts
+                if n != n_parts or part in parts:
+                    conn.close()
+                    raise self._fail(
+                        proc,
+                        tail,
+                        f"a connection says it is part {part} of {n}, but part(s) "
+                        f"{sorted(parts)} of {parts_before} are already connected",
+                    )
+                conn.settimeout(None)
+                parts[part] = conn
+        except BaseException:
+            for conn in parts.values():
+                conn.close()
+            raise
+        return [parts[i] for i in range(n_parts)]
+
+    @staticmethod
+    def _hello(conn: socket.socket, token: str, deadline: float) -> tuple[int, int] | None:
+        """``(part, n_parts)`` from a connection's HELLO, or None if it is not this run's."""
+        # A stray peer that never says hello must not hold up the program's connection.
+        conn.settimeout(min(5.0, max(0.5, deadline - time.monotonic())))
+        inp = conn.makefile("rb", buffering=0)
+        try:
+            head = read_exact(inp, proto.HEADER.size)
+            kind, _, _, size = proto.decode_header(head) if head else (0, 0, 0, 0)
+            if kind != proto.HELLO or size > 1024:
+                return None
+            payload = read_exact(inp, size)
+            if payload is None:
+                return None
+            part, n_parts, got = proto.decode_hello(payload)
+        except (OSError, proto.ProtocolError):
+            return None
+        finally:
+            inp.close()  # the socket itself stays open
+        return (part, n_parts) if secrets.compare_digest(got, token.encode()) else None
+
+    def _message(
+        self, inp: IO[bytes], where: str, step: int, proc: subprocess.Popen[bytes], tail: _Tail
+    ) -> tuple[int, int, int, bytearray]:
+        """The next message of one connection as ``(kind, n_fields, step, payload)``; a
+        connection that breaks or breaks the protocol fails the run."""
+        try:
+            head = read_exact(inp, proto.HEADER.size)
+            if head is None:
+                raise self._fail(
+                    proc,
+                    tail,
+                    f"the program closed the connection{where} after {step} steps without "
+                    "lo_close/close()",
+                )
+            kind, n_fields, index, size = proto.decode_header(head)
+            if size > self.max_step_bytes:
+                raise proto.ProtocolError(
+                    f"message of {size} bytes exceeds max_step_bytes={self.max_step_bytes}"
+                )
+            payload = read_exact(inp, size) if size else bytearray()
+        except ConnectionError as exc:
+            raise self._fail(
+                proc, tail, f"connection{where} lost after {step} steps: {exc}"
+            ) from None
+        except proto.ProtocolError as exc:
+            raise self._fail(proc, tail, f"step {step}{where}: protocol error: {exc}") from None
+        if payload is None:
+            raise self._fail(proc, tail, f"the program died while sending step {step}{where}")
+        if kind == proto.ERROR:
+            msg = payload.decode("utf-8", "replace")
+            raise self._fail(proc, tail, f"the program reported an error{where}: {msg}")
+        if kind == proto.HELLO:
+            raise self._fail(proc, tail, f"unexpected HELLO message{where}")
+        if index != step:
+            what = "closed after" if kind == proto.CLOSE else "sent step"
+            raise self._fail(proc, tail, f"the program {what} {index}{where}, expected {step}")
+        return kind, n_fields, index, payload
 
     def _run(self, theta: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
         bind, host = self._addresses()
@@ -282,68 +358,58 @@ class ExternalSolver:
         proc = self._launch(theta, f"{host}:{listener.getsockname()[1]}", token)
         assert proc.stdout is not None
         tail = _Tail(proc.stdout, self.echo_output)
-        conn: socket.socket | None = None
-        inp: IO[bytes] | None = None  # conn's reading side (read_exact wants readinto)
+        conns: list[socket.socket] = []
+        inps: list[IO[bytes]] = []  # the connections' reading sides (read_exact wants readinto)
         try:
             try:
-                conn = self._accept(listener, proc, tail, token)
+                conns = self._accept(listener, proc, tail, token)
             finally:
                 listener.close()
-            inp = conn.makefile("rb", buffering=0)
+            inps = [c.makefile("rb", buffering=0) for c in conns]
+            where = [
+                f" (part {i} of {len(conns)})" if len(conns) > 1 else "" for i in range(len(conns))
+            ]
             names = self.fields
             step = 0
             while True:
-                try:
-                    head = read_exact(inp, proto.HEADER.size)
-                    if head is None:
+                # Step k of every part, in part order: each part's socket buffers what it sent
+                # meanwhile, so the parts never wait for each other through this loop.
+                msgs = [
+                    self._message(f, w, step, proc, tail) for f, w in zip(inps, where, strict=True)
+                ]
+                kinds = {m[0] for m in msgs}
+                if kinds == {proto.CLOSE}:
+                    break
+                if kinds != {proto.STEP}:
+                    closed = [i for i, m in enumerate(msgs) if m[0] == proto.CLOSE]
+                    raise self._fail(
+                        proc,
+                        tail,
+                        f"part(s) {closed} closed after {step} steps, the others did not",
+                    )
+                pieces = []
+                for (_, n_fields, _, payload), w in zip(msgs, where, strict=True):
+                    try:
+                        pieces.append(proto.decode_step(n_fields, payload))
+                    except proto.ProtocolError as exc:
+                        raise self._fail(proc, tail, f"step {step}{w}: {exc}") from None
+                    if names is None:
+                        names = list(pieces[0])
+                    if sorted(pieces[-1]) != sorted(names):
                         raise self._fail(
                             proc,
                             tail,
-                            f"the program closed the connection after {step} steps without "
-                            "lo_close/close()",
+                            f"step {step}{w} has fields {list(pieces[-1])}, expected {names}",
                         )
-                    kind, n_fields, index, size = proto.decode_header(head)
-                    if size > self.max_step_bytes:
-                        raise proto.ProtocolError(
-                            f"message of {size} bytes exceeds max_step_bytes={self.max_step_bytes}"
-                        )
-                    payload = read_exact(inp, size) if size else bytearray()
-                except ConnectionError as exc:
-                    raise self._fail(
-                        proc, tail, f"connection lost after {step} steps: {exc}"
-                    ) from None
-                except proto.ProtocolError as exc:
-                    raise self._fail(proc, tail, f"step {step}: protocol error: {exc}") from None
-                if payload is None:
-                    raise self._fail(proc, tail, f"the program died while sending step {step}")
-                if kind == proto.ERROR:
-                    msg = payload.decode("utf-8", "replace")
-                    raise self._fail(proc, tail, f"the program reported an error: {msg}")
-                if kind == proto.CLOSE:
-                    if index != step:
-                        raise self._fail(
-                            proc, tail, f"the program closed after {index} steps but sent {step}"
-                        )
-                    break
-                if kind != proto.STEP:
-                    raise self._fail(proc, tail, f"unexpected {proto.KINDS[kind]} message")
-                if index != step:
-                    raise self._fail(proc, tail, f"expected step {step}, got step {index}")
                 try:
-                    fields = proto.decode_step(n_fields, payload)
-                except proto.ProtocolError as exc:
+                    sample = tuple(_join([p[n] for p in pieces], n) for n in names)
+                except ValueError as exc:
                     raise self._fail(proc, tail, f"step {step}: {exc}") from None
-                if names is None:
-                    names = list(fields)
-                if sorted(fields) != sorted(names):
-                    raise self._fail(
-                        proc, tail, f"step {step} has fields {list(fields)}, expected {names}"
-                    )
-                yield tuple(fields[n] for n in names)
+                yield sample
                 step += 1
-            inp.close()
-            conn.close()
-            inp = conn = None
+            for end in (*inps, *conns):
+                end.close()
+            inps, conns = [], []
             try:
                 code = proc.wait(timeout=self.exit_timeout)
             except subprocess.TimeoutExpired:
@@ -355,10 +421,23 @@ class ExternalSolver:
             if code != 0:
                 raise self._fail(proc, tail, f"the program sent {step} steps, then failed")
         finally:
-            for end in (inp, conn):
-                if end is not None:
-                    end.close()
+            for end in (*inps, *conns):
+                end.close()
             _stop(proc)
+
+
+def _join(pieces: list[np.ndarray], name: str) -> np.ndarray:
+    """One field of a step from its parts: concatenated along the first axis, in part order."""
+    if len(pieces) == 1:
+        return pieces[0]
+    first = pieces[0]
+    for i, p in enumerate(pieces):
+        if p.ndim == 0 or p.dtype != first.dtype or p.shape[1:] != first.shape[1:]:
+            raise ValueError(
+                f"field {name!r}: part {i} sent {p.dtype}{p.shape}, part 0 {first.dtype}"
+                f"{first.shape}; parts must agree on dtype and on every extent but the first"
+            )
+    return np.concatenate(pieces, axis=0)
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:

@@ -186,7 +186,7 @@ def heat2d_program(tmp_path_factory) -> Path:
 @pytest.mark.usefixtures("no_orphans")
 def test_heat2d_recipe_with_the_external_c_solver(heat2d_program, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(heat2d_program)  # the recipe's command is build/heat2d
-    short = '[build/heat2d, --nx, "16", --ny, "16", --n-steps, "5"]'
+    short = '[build/heat2d, --nx, "16", --ny, "16", --n-steps, "5", --parts]'
     args = ["--config", str(RECIPES / "heat2d_c.yaml"), f"--data.solver.init_args.command={short}"]
     args += ["--data.solver.init_args.n_steps=5", *COMMON, f"--trainer.default_root_dir={tmp_path}"]
     cli = OnlineCLI(args=["fit", *args])

@@ -1,7 +1,8 @@
 """The C client (``csrc/lightning_online.c``) and the MPI example ``csrc/examples/heat2d.c``.
 
 Both are compiled with the mpich wheel's ``mpicc`` and run against a small TCP server in this
-process that decodes what arrives with ``lightning_online._protocol``.
+process that decodes what arrives with ``lightning_online._protocol``: one connection, or one
+per part when the run has several senders.
 """
 
 from __future__ import annotations
@@ -158,6 +159,27 @@ int main(int argc, char **argv)
         printf("failed|%d|%s\n", i, lo_last_error());
         printf("again|%d|%s\n", lo_send_step(c, 1, &f), lo_last_error());
         printf("close|%d|%s\n", lo_close(c), lo_last_error());
+    } else if (!strcmp(mode, "part")) {
+        /* part n_parts n_steps [to]: one sender of several; part p sends "rows" float64 of
+         * shape (p % 8 + 1, 2) and "x" int32 of shape (3,) on part 0, (0,) on the others. */
+        int part = atoi(argv[2]), n_parts = atoi(argv[3]), n = atoi(argv[4]), s, i;
+        lo_client *c = argc > 5 && !strcmp(argv[5], "to")
+            ? lo_connect_to_part(getenv("LIGHTNING_ONLINE_ADDRESS"),
+                                 getenv("LIGHTNING_ONLINE_TOKEN"), part, n_parts)
+            : lo_connect_part(part, n_parts);
+        if (!c) {
+            printf("NULL|%s\n", lo_last_error());
+            return 3;
+        }
+        for (s = 0; s < n; s++) {
+            double rows[16];
+            int x[3] = {s, s + 1, s + 2};
+            int64_t shr[2] = {part % 8 + 1, 2}, shx[1] = {part == 0 ? 3 : 0};
+            lo_field f[2] = {{"rows", LO_FLOAT64, 2, shr, rows}, {"x", LO_INT32, 1, shx, x}};
+            for (i = 0; i < 2 * (part % 8 + 1); i++) rows[i] = 100.0 * part + 10.0 * s + i;
+            if (lo_send_step(c, 2, f) != 0) printf("send failed: %s\n", lo_last_error());
+        }
+        printf("close|%d\n", lo_close(c));
     } else if (!strcmp(mode, "abort")) {
         lo_client *c = connect_or_die();
         send_step(c, 0);
@@ -214,79 +236,142 @@ def built(tmp_path_factory):
     }
 
 
-class Receiver:
-    """A one-connection TCP server on the loopback recording every message, in a thread.
+def recv_exact(conn: socket.socket, n: int, eof_ok: bool = False) -> bytearray | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = conn.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            if eof_ok and not buf:
+                return None
+            raise proto.ProtocolError(f"connection ended inside a message ({len(buf)}/{n})")
+        buf += chunk
+    return buf
 
-    ``messages``: ``(kind, step, payload)`` with the fields dict of a STEP, the text of an
-    ERROR, the bytes of a HELLO. ``hangup``: close the connection right after the HELLO.
+
+Message = tuple[int, int, object]
+
+
+def read_message(conn: socket.socket, eof_ok: bool = False) -> Message | None:
+    """One message, decoded: ``(kind, step, value)`` with ``(part, n_parts, token)`` for a
+    HELLO, the fields dict of a STEP, the text of an ERROR, ``b""`` for a CLOSE; None at EOF."""
+    head = recv_exact(conn, proto.HEADER.size, eof_ok=eof_ok)
+    if head is None:
+        return None
+    kind, n_fields, step, size = proto.decode_header(head)
+    payload = recv_exact(conn, size) if size else bytearray()
+    assert payload is not None
+    value: object
+    if kind == proto.STEP:
+        fields = proto.decode_step(n_fields, payload)
+        value = {k: np.array(v) for k, v in fields.items()}
+    elif kind == proto.HELLO:
+        value = proto.decode_hello(payload)
+    elif kind == proto.ERROR:
+        value = payload.decode("utf-8")
+    else:
+        value = bytes(payload)
+    return kind, step, value
+
+
+class Receiver:
+    """A TCP server on the loopback for one run of ``n_parts`` connections, in a thread.
+
+    It accepts the connections in any order and files each under the part its HELLO names,
+    then, once all are there, reads one message from every part in part order until each has
+    ended (as the receiving side reads step k of every part). ``parts[p]``: the messages of
+    part p (see ``read_message``); ``messages``: those of part 0; ``order``: the parts in the
+    order they connected. ``hangup``: close the connections right after the HELLOs.
     """
 
-    def __init__(self, family: int = socket.AF_INET, hangup: bool = False) -> None:
+    def __init__(
+        self, family: int = socket.AF_INET, hangup: bool = False, n_parts: int = 1
+    ) -> None:
         host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-        self.sock = socket.create_server((host, 0), family=family)
+        self.sock = socket.create_server((host, 0), family=family, backlog=max(8, n_parts))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.hangup = hangup
-        self.messages: list[tuple[int, int, object]] = []
+        self.n_parts = n_parts
+        self.parts: list[list[Message]] = [[] for _ in range(n_parts)]
+        self.order: list[int] = []
         self.error: BaseException | None = None
-        self.connected = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
-    def _recv_exact(self, conn: socket.socket, n: int, eof_ok: bool = False) -> bytearray | None:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = conn.recv(min(n - len(buf), 1 << 20))
-            if not chunk:
-                if eof_ok and not buf:
-                    return None
-                raise proto.ProtocolError(f"connection ended inside a message ({len(buf)}/{n})")
-            buf += chunk
-        return buf
+    @property
+    def messages(self) -> list[Message]:
+        return self.parts[0]
 
     def _serve(self) -> None:
+        conns: dict[int, socket.socket] = {}
         try:
             deadline = time.monotonic() + 60
-            while True:
+            while len(conns) < self.n_parts:
                 try:
                     conn, _ = self.sock.accept()
-                    break
                 except TimeoutError:
                     if self._stop.is_set() or time.monotonic() > deadline:
                         return
-            self.connected = True
-            with conn:
+                    continue
                 conn.settimeout(60)
-                while True:
-                    head = self._recv_exact(conn, proto.HEADER.size, eof_ok=True)
-                    if head is None:
-                        return
-                    kind, n_fields, step, size = proto.decode_header(head)
-                    payload = self._recv_exact(conn, size) if size else bytearray()
-                    if kind == proto.STEP:
-                        fields = proto.decode_step(n_fields, payload)
-                        value: object = {k: np.array(v) for k, v in fields.items()}
-                    elif kind == proto.ERROR:
-                        value = payload.decode("utf-8")
+                hello = read_message(conn, eof_ok=True)
+                if hello is None or hello[0] != proto.HELLO:
+                    conn.close()
+                    raise proto.ProtocolError(f"the first message is not a HELLO: {hello}")
+                part, n_parts, _ = hello[2]  # type: ignore[misc]
+                if n_parts != self.n_parts or part in conns:
+                    conn.close()
+                    raise proto.ProtocolError(
+                        f"HELLO of part {part} of {n_parts}; expected {self.n_parts} parts, "
+                        f"got parts {sorted(conns)} already"
+                    )
+                conns[part] = conn
+                self.order.append(part)
+                self.parts[part].append(hello)
+            if self.hangup:
+                return
+            alive = list(range(self.n_parts))
+            while alive:
+                for part in list(alive):
+                    msg = read_message(conns[part], eof_ok=True)
+                    if msg is None:
+                        alive.remove(part)
                     else:
-                        value = bytes(payload)
-                    self.messages.append((kind, step, value))
-                    if self.hangup:
-                        return
+                        self.parts[part].append(msg)
         except BaseException as exc:
             self.error = exc
         finally:
+            for conn in conns.values():
+                conn.close()
             self.sock.close()
 
-    def finish(self) -> list[tuple[int, int, object]]:
-        """After the program has ended: wait for the server and return what arrived."""
+    def finish(self) -> list[list[Message]]:
+        """After the program has ended: wait for the server and return what arrived, by part."""
         self._stop.set()
         self._thread.join(timeout=60)
         assert not self._thread.is_alive(), "the receiving thread did not finish"
         if self.error is not None:
             raise self.error
-        return self.messages
+        return self.parts
+
+
+def assemble(parts: list[list[Message]], n_steps: int) -> list[dict[str, np.ndarray]]:
+    """Check that every part sent HELLO, n_steps STEPs and CLOSE; return each step's fields
+    concatenated along the first axis in part order, as the receiving side does."""
+    for p, msgs in enumerate(parts):
+        kinds = [m[0] for m in msgs]
+        assert kinds == [proto.HELLO] + [proto.STEP] * n_steps + [proto.CLOSE], (p, kinds)
+        assert msgs[0][2] == (p, len(parts), TOKEN.encode())
+        assert [m[1] for m in msgs[1:]] == [*range(n_steps), n_steps], p  # own step counter
+    steps = []
+    for k in range(1, n_steps + 1):
+        shares = [msgs[k][2] for msgs in parts]
+        assert all(isinstance(f, dict) and list(f) == list(shares[0]) for f in shares), shares
+        steps.append(
+            {name: np.concatenate([f[name] for f in shares], axis=0) for name in shares[0]}  # type: ignore[index]
+        )
+    return steps
 
 
 def environment(address: str | None = None, token: str | None = TOKEN, params: str | None = None):
@@ -301,23 +386,42 @@ def environment(address: str | None = None, token: str | None = TOKEN, params: s
     return env
 
 
+def run_many(
+    cmds: list[list[object]], env: dict[str, str], timeout: float = 60, between=None
+) -> list[subprocess.CompletedProcess]:
+    """Run several commands at once (each in a new session, all killed on a timeout);
+    ``between(i)`` is called after starting command i."""
+    procs: list[subprocess.Popen] = []
+    deadline = time.monotonic() + timeout
+    try:
+        for i, cmd in enumerate(cmds):
+            procs.append(
+                subprocess.Popen(
+                    [str(c) for c in cmd],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                )
+            )
+            if between is not None:
+                between(i)
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        return results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+
+
 def run(cmd: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run in a new session and kill the whole group on a timeout (mpiexec and its ranks)."""
-    with subprocess.Popen(
-        [str(c) for c in cmd],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    """One command in a new session, its whole group killed on a timeout (mpiexec and ranks)."""
+    return run_many([cmd], env, timeout)[0]
 
 
 def lines(out: str) -> dict[str, list[str]]:
@@ -331,11 +435,11 @@ def test_compiles_without_warnings(built):
 def test_steps_arrive_intact(built):
     rx = Receiver()
     res = run([built["prog"], "send", "3"], environment(f"127.0.0.1:{rx.port}"))
-    msgs = rx.finish()
+    (msgs,) = rx.finish()
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip() == "close|0"
     assert [m[0] for m in msgs] == [proto.HELLO, proto.STEP, proto.STEP, proto.STEP, proto.CLOSE]
-    assert msgs[0][2] == TOKEN.encode()
+    assert msgs[0][2] == (0, 1, TOKEN.encode())  # part 0 of 1
     assert [m[1] for m in msgs[1:]] == [0, 1, 2, 3]  # step indices, then CLOSE's count
     for s, (_, _, fields) in enumerate(msgs[1:4]):
         expected = expected_step(s)
@@ -350,7 +454,7 @@ def test_steps_arrive_intact(built):
 def test_abort_sends_the_message(built):
     rx = Receiver()
     res = run([built["prog"], "abort"], environment(f"127.0.0.1:{rx.port}"))
-    msgs = rx.finish()
+    (msgs,) = rx.finish()
     assert res.stdout.strip() == "abort|0", res.stdout + res.stderr
     assert [m[0] for m in msgs] == [proto.HELLO, proto.STEP, proto.ERROR]
     assert msgs[2][2] == "solver diverged: température = nan"
@@ -359,7 +463,7 @@ def test_abort_sends_the_message(built):
 def test_bad_arguments_are_refused_before_sending(built):
     rx = Receiver()
     res = run([built["prog"], "badargs"], environment(f"127.0.0.1:{rx.port}"))
-    msgs = rx.finish()
+    (msgs,) = rx.finish()
     assert res.returncode == 0, res.stdout + res.stderr
     out = lines(res.stdout)
     expected = {
@@ -423,9 +527,85 @@ def test_connect_by_name_and_ipv6(built, form):
         except OSError as exc:
             pytest.skip(f"no IPv6 loopback: {exc}")
     res = run([built["prog"], "connect"], environment(form.format(port=rx.port)))
-    msgs = rx.finish()
+    (msgs,) = rx.finish()
     assert res.stdout.strip() == "connected|0", res.stdout + res.stderr
     assert [(m[0], m[1]) for m in msgs] == [(proto.HELLO, 0), (proto.CLOSE, 0)]
+
+
+@pytest.mark.parametrize("how", ["env", "to"])
+@pytest.mark.parametrize(
+    ("part", "n_parts", "words"),
+    [
+        (3, 3, "part = 3 is out of range 0..2"),
+        (-1, 2, "part = -1 is out of range 0..1"),
+        (0, 0, "n_parts = 0 is out of range 1..65536"),
+        (0, -2, "n_parts = -2 is out of range"),
+        (0, 65537, "n_parts = 65537 is out of range 1..65536"),
+    ],
+)
+def test_connect_part_checks_its_arguments(built, how, part, n_parts, words):
+    # A free port: had the arguments been let through, the error would be "cannot connect".
+    env = environment(f"127.0.0.1:{free_port()}")
+    res = run([built["prog"], "part", part, n_parts, 1, how], env)
+    assert res.returncode == 3, res.stdout + res.stderr
+    status, message = res.stdout.strip().split("|", 1)
+    assert status == "NULL" and words in message, message
+
+
+def test_connect_part_limits(built):
+    """Part 65535 of 65536 is accepted and announced as such (read by hand: one connection)."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        srv.settimeout(60)
+        env = environment(f"127.0.0.1:{srv.getsockname()[1]}")
+        with subprocess.Popen(
+            [str(built["prog"]), "part", "65535", "65536", "1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        ) as proc:
+            try:
+                conn, _ = srv.accept()
+                with conn:
+                    conn.settimeout(60)
+                    msgs = []
+                    while (msg := read_message(conn, eof_ok=True)) is not None:
+                        msgs.append(msg)
+                out, _ = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+    assert out.strip() == "close|0", out
+    assert [(m[0], m[1]) for m in msgs] == [(proto.HELLO, 0), (proto.STEP, 0), (proto.CLOSE, 1)]
+    assert msgs[0][2] == (65535, 65536, TOKEN.encode())
+    assert isinstance(msgs[1][2], dict) and msgs[1][2]["x"].shape == (0,)
+
+
+@pytest.mark.parametrize("how", ["env", "to"])
+def test_three_parts_in_any_connection_order(built, how):
+    rx = Receiver(n_parts=3)
+    env = environment(f"127.0.0.1:{rx.port}")
+    order = [2, 0, 1]  # not the part order; each starts once the one before has connected
+
+    def wait_connected(i: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(rx.order) <= i and rx.error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    cmds = [[built["prog"], "part", p, 3, 4, how] for p in order]
+    results = run_many(cmds, env, between=wait_connected)
+    parts = rx.finish()
+    for res in results:
+        assert res.returncode == 0 and res.stdout.strip() == "close|0", res.stdout + res.stderr
+    assert rx.order == order
+    steps = assemble(parts, 4)
+    for s, fields in enumerate(steps):
+        rows = np.concatenate(
+            [100.0 * p + 10.0 * s + np.arange(2 * (p + 1)).reshape(p + 1, 2) for p in range(3)]
+        )
+        np.testing.assert_array_equal(fields["rows"], rows)
+        assert fields["x"].dtype == np.int32
+        np.testing.assert_array_equal(fields["x"], [s, s + 1, s + 2])  # part 0's, then (0,)s
 
 
 def test_parameters(built):
@@ -470,9 +650,11 @@ def test_hangup_gives_errors_not_sigpipe(built):
 THETA = np.array([300.0, 123.5, 480.25, 200.0, 410.0])
 
 
-def run_heat2d(built, n_procs: int, args: list[str], params: str | None = None):
-    """Run heat2d under mpiexec; return (completed process, messages received)."""
-    rx = Receiver()
+def run_heat2d(
+    built, n_procs: int, args: list[str], params: str | None = None, n_parts: int = 1
+) -> tuple[subprocess.CompletedProcess, list[list[Message]]]:
+    """Run heat2d under mpiexec; return (completed process, messages received by part)."""
+    rx = Receiver(n_parts=n_parts)
     params = ",".join(repr(float(v)) for v in THETA) if params is None else params
     cmd = [MPIEXEC, "-n", str(n_procs), built["heat2d"], *args]
     res = run(cmd, environment(f"127.0.0.1:{rx.port}", params=params), timeout=120)
@@ -485,10 +667,10 @@ def run_heat2d(built, n_procs: int, args: list[str], params: str | None = None):
     ids=["1rank", "2ranks", "3ranks_2rows"],
 )
 def test_heat2d_matches_python(built, n_procs, nx, ny):
-    res, msgs = run_heat2d(built, n_procs, ["--nx", str(nx), "--ny", str(ny), "--n-steps", "7"])
+    res, (msgs,) = run_heat2d(built, n_procs, ["--nx", str(nx), "--ny", str(ny), "--n-steps", "7"])
     assert res.returncode == 0, res.stdout + res.stderr
     assert [m[0] for m in msgs] == [proto.HELLO] + [proto.STEP] * 7 + [proto.CLOSE]
-    assert msgs[0][2] == TOKEN.encode() and msgs[-1][1] == 7
+    assert msgs[0][2] == (0, 1, TOKEN.encode()) and msgs[-1][1] == 7
     expected = list(Heat2D(nx=nx, ny=ny, n_steps=7)(THETA))
     for k, ((_, step, fields), (x, y)) in enumerate(zip(msgs[1:-1], expected, strict=True)):
         assert step == k and isinstance(fields, dict) and list(fields) == ["x", "y"]
@@ -498,8 +680,34 @@ def test_heat2d_matches_python(built, n_procs, nx, ny):
         np.testing.assert_allclose(fields["y"], y, rtol=1e-6)
 
 
+@pytest.mark.parametrize("n_procs", [2, 3, 12], ids=["2ranks", "3ranks", "12ranks_10rows"])
+def test_heat2d_parts_match_python(built, n_procs):
+    """--parts: every rank sends its own rows; concatenated in part order they are Heat2D's."""
+    nx, ny = 12, 10
+    res, parts = run_heat2d(
+        built,
+        n_procs,
+        ["--nx", str(nx), "--ny", str(ny), "--n-steps", "7", "--parts"],
+        n_parts=n_procs,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    steps = assemble(parts, 7)
+    rows = [ny // n_procs + (r < ny % n_procs) for r in range(n_procs)]  # heat2d's split
+    for p, msgs in enumerate(parts):
+        for _, _, fields in msgs[1:-1]:
+            assert isinstance(fields, dict)
+            assert fields["x"].shape == ((6,) if p == 0 else (0,))
+            assert fields["y"].shape == (rows[p] * nx,)
+    expected = list(Heat2D(nx=nx, ny=ny, n_steps=7)(THETA))
+    for fields, (x, y) in zip(steps, expected, strict=True):
+        assert fields["x"].dtype == np.float32 and fields["x"].shape == (6,)
+        assert fields["y"].dtype == np.float32 and fields["y"].shape == (ny * nx,)
+        np.testing.assert_allclose(fields["x"], x, rtol=1e-6)
+        np.testing.assert_allclose(fields["y"], y, rtol=1e-6)
+
+
 def test_heat2d_fail_at_sends_error(built):
-    res, msgs = run_heat2d(
+    res, (msgs,) = run_heat2d(
         built, 2, ["--nx", "12", "--ny", "10", "--n-steps", "5", "--fail-at", "2"]
     )
     assert res.returncode == 1, res.stdout + res.stderr
@@ -507,15 +715,36 @@ def test_heat2d_fail_at_sends_error(built):
     assert msgs[-1][2] == "failing on purpose at step 2"
 
 
+def test_heat2d_parts_fail_at_every_part_sends_error(built):
+    args = ["--nx", "12", "--ny", "10", "--n-steps", "5", "--fail-at", "2", "--parts"]
+    res, parts = run_heat2d(built, 3, args, n_parts=3)
+    assert res.returncode == 1, res.stdout + res.stderr
+    for p, msgs in enumerate(parts):
+        assert [m[0] for m in msgs] == [proto.HELLO, proto.STEP, proto.STEP, proto.ERROR], p
+        assert msgs[-1][2] == "failing on purpose at step 2"
+
+
 def test_heat2d_bad_parameters(built):
-    res, msgs = run_heat2d(built, 2, ["--nx", "4", "--ny", "4"], params="1.0,2.0,3.0,4.0")
+    res, (msgs,) = run_heat2d(built, 2, ["--nx", "4", "--ny", "4"], params="1.0,2.0,3.0,4.0")
     assert res.returncode == 1, res.stdout + res.stderr
     assert [m[0] for m in msgs] == [proto.HELLO, proto.ERROR]
     assert "expected 5 parameters" in str(msgs[-1][2])
 
 
-def test_heat2d_without_a_listener_aborts(built):
+def test_heat2d_parts_bad_parameters(built):
+    args = ["--parts", "--nx", "4", "--ny", "4"]
+    res, parts = run_heat2d(built, 2, args, params="1.0,2.0,3.0,4.0", n_parts=2)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "expected 5 parameters" in res.stderr
+    for p, msgs in enumerate(parts):
+        assert [m[0] for m in msgs] == [proto.HELLO, proto.ERROR], p
+        assert "expected 5 parameters" in str(msgs[-1][2])
+
+
+@pytest.mark.parametrize("extra", [[], ["--parts"]], ids=["gather", "parts"])
+def test_heat2d_without_a_listener_aborts(built, extra):
     env = environment(f"127.0.0.1:{free_port()}", params="1,2,3,4,5")
-    res = run([MPIEXEC, "-n", "2", built["heat2d"], "--n-steps", "2"], env, timeout=120)
+    cmd = [MPIEXEC, "-n", "2", built["heat2d"], "--n-steps", "2", *extra]
+    res = run(cmd, env, timeout=120)
     assert res.returncode == 2, res.stdout + res.stderr  # no connection: all ranks exit 2
     assert "cannot connect" in res.stderr, res.stderr

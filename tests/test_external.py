@@ -150,6 +150,29 @@ def test_faulty_runs_raise_with_the_cause_and_the_programs_output(args, kw, matc
     assert time.monotonic() - t0 < 20
 
 
+@pytest.mark.parametrize("n_procs", [2, 3])
+def test_every_rank_sends_its_share_as_a_part(n_procs):
+    """Each of the n MPI ranks connects as part rank of n and sends its slice of y (x from rank
+    0 only): the steps arrive whole, concatenated in rank order."""
+    solver = program("--parts", "--size", "7", launcher="mpiexec", n_procs=n_procs, n_steps=5)
+    assert_steps(run(solver, (0.5, 1.5)), expected((0.5, 1.5), size=7))
+
+
+@pytest.mark.parametrize(
+    ("mode", "match"),
+    [
+        ("part-raise", r"reported an error \(part 1 of 2\): RuntimeError: rank 1 diverged"),
+        ("part-dtype", r"field 'y': part 1 sent float64\(2,\), part 0 float32\(2,\)"),
+        ("part-short", r"part\(s\) \[1\] closed after 2 steps, the others did not"),
+        ("part-count", r"says it is part 1 of 3, but part\(s\) \[0\] of 2|part 0 of 2, but"),
+    ],
+)
+def test_parts_that_disagree_fail_the_run(mode, match):
+    solver = program("--parts", "--mode", mode, launcher="mpiexec", n_procs=2)
+    with pytest.raises(ExternalRunError, match=match):
+        run(solver)
+
+
 def test_a_stray_connection_is_ignored():
     assert_steps(run(program("--mode", "stray")), expected((1.0, 2.0)))
 
@@ -195,7 +218,8 @@ def fit(solver, n_simulations=8, max_steps=10_000, **kw):
 
 
 def test_a_study_of_external_runs_under_mpiexec():
-    dm, trainer = fit(program("--steps", "5", launcher="mpiexec", n_procs=2, n_steps=5))
+    # Every run: 2 MPI ranks, each sending its share of each step (parts).
+    dm, trainer = fit(program("--steps", "5", "--parts", launcher="mpiexec", n_procs=2, n_steps=5))
     assert dm.stats["completed"] == 8 and dm.stats["failed"] == 0
     assert dm.stats["samples_received"] == 40 == dm.stats["samples_served"]
     assert trainer.global_step == 5

@@ -90,7 +90,7 @@ def test_the_cluster_recipe_runs_its_study_with_the_stand_in_srun(slurm_env, tmp
     env, marker = env_with_marker()
     env.update({k: v for k, v in os.environ.items() if k.startswith(("SLURM", "SRUN", "PATH"))})
     env.update(TRAINING_TASKS="2", ACCELERATOR="cpu", RECIPE=str(ROOT / "recipes/heat2d_c.yaml"))
-    short = '[build/heat2d, --nx, "16", --ny, "16", --n-steps, "5"]'
+    short = '[build/heat2d, --nx, "16", --ny, "16", --n-steps, "5", --parts]'
     tiny = [
         f"--data.solver.init_args.command={short}",
         "--data.solver.init_args.n_steps=5",

@@ -29,7 +29,7 @@
 #include <unistd.h>
 
 #define LO_MAGIC 0x314E4F4Cu
-#define LO_VERSION 1
+#define LO_VERSION 2
 #define LO_HELLO 1
 #define LO_STEP 2
 #define LO_CLOSE 3
@@ -38,6 +38,7 @@
 #define LO_DESC_BYTES 128
 #define LO_NAME_BYTES 48
 #define LO_N_DTYPES 11
+#define LO_MAX_PARTS 65536
 
 #define ENV_ADDRESS "LIGHTNING_ONLINE_ADDRESS"
 #define ENV_TOKEN "LIGHTNING_ONLINE_TOKEN"
@@ -171,6 +172,22 @@ static int send_simple(lo_client *c, int kind, int64_t step, const void *payload
     return send_all(c, iov, 2);
 }
 
+/* HELLO: uint32 part, uint32 n_parts, then the token. */
+static int send_hello(lo_client *c, uint32_t part, uint32_t n_parts, const char *token)
+{
+    unsigned char head[LO_HEADER_BYTES + 8];
+    size_t n = strlen(token);
+    struct iovec iov[2];
+    encode_header(head, LO_HELLO, 0, 0, 8 + (uint64_t)n);
+    put_u32(head + LO_HEADER_BYTES, part);
+    put_u32(head + LO_HEADER_BYTES + 4, n_parts);
+    iov[0].iov_base = head;
+    iov[0].iov_len = sizeof head;
+    iov[1].iov_base = (void *)token;
+    iov[1].iov_len = n;
+    return send_all(c, iov, 2);
+}
+
 /* ---- connecting ---- */
 
 /* Wait for a connect() interrupted by a signal (it goes on asynchronously). */
@@ -190,7 +207,7 @@ static int finish_connect(int fd)
     return err;
 }
 
-lo_client *lo_connect_to(const char *address, const char *token)
+lo_client *lo_connect_to_part(const char *address, const char *token, int part, int n_parts)
 {
     char host[256], port[16];
     const char *colon, *h;
@@ -199,6 +216,15 @@ lo_client *lo_connect_to(const char *address, const char *token)
     int fd = -1, rc, err = 0;
     lo_client *c;
 
+    if (n_parts < 1 || n_parts > LO_MAX_PARTS) {
+        set_error("lightning_online: n_parts = %d is out of range 1..%d", n_parts, LO_MAX_PARTS);
+        return NULL;
+    }
+    if (part < 0 || part >= n_parts) {
+        set_error("lightning_online: part = %d is out of range 0..%d (n_parts = %d)", part,
+                  n_parts - 1, n_parts);
+        return NULL;
+    }
     if (!host_is_little_endian()) {
         set_error("lightning_online: this host is big-endian; the protocol carries "
                   "little-endian data only");
@@ -295,7 +321,7 @@ lo_client *lo_connect_to(const char *address, const char *token)
     c->fd = fd;
     c->steps = 0;
     c->broken = 0;
-    if (send_simple(c, LO_HELLO, 0, token, strlen(token)) != 0) {
+    if (send_hello(c, (uint32_t)part, (uint32_t)n_parts, token) != 0) {
         close(fd);
         free(c);
         return NULL;
@@ -303,9 +329,19 @@ lo_client *lo_connect_to(const char *address, const char *token)
     return c;
 }
 
+lo_client *lo_connect_to(const char *address, const char *token)
+{
+    return lo_connect_to_part(address, token, 0, 1);
+}
+
+lo_client *lo_connect_part(int part, int n_parts)
+{
+    return lo_connect_to_part(getenv(ENV_ADDRESS), getenv(ENV_TOKEN), part, n_parts);
+}
+
 lo_client *lo_connect(void)
 {
-    return lo_connect_to(getenv(ENV_ADDRESS), getenv(ENV_TOKEN));
+    return lo_connect_part(0, 1);
 }
 
 /* ---- parameters ---- */

@@ -7,7 +7,7 @@
  *   LIGHTNING_ONLINE_TOKEN       ASCII token proving the connection belongs to this run
  *   LIGHTNING_ONLINE_PARAMETERS  the run's parameters, comma-separated floats
  *
- * Typical use (with MPI, only one rank connects and sends):
+ * Typical use, one sender (with MPI: one rank connects and sends, the others gather to it):
  *
  *   double theta[5];
  *   if (lo_parameters(theta, 5) != 5) ...;
@@ -20,20 +20,35 @@
  *   }
  *   lo_close(c);                   (or lo_abort(c, "why") when the run fails)
  *
+ * Several senders ("parts"): every MPI rank sends its own share of each step, no gather:
+ *
+ *   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+ *   MPI_Comm_size(MPI_COMM_WORLD, &size);
+ *   lo_client *c = lo_connect_part(rank, size);
+ *   ... each rank: lo_send_step(c, 1, f) with its own rows, then lo_close(c) ...
+ *
+ * The receiving side reads step k from every part in part order, and each field of the step is
+ * the concatenation of the parts' arrays along their first axis, in part order: every part
+ * sends the same field names, dtypes and trailing extents every step, and a part without a
+ * share of a field sends it with a zero-length first extent (e.g. shape {0}, data NULL). Each
+ * part sends every step, and ends with its own lo_close (or lo_abort).
+ *
  * Compile the library source together with the program:
  *
  *   mpicc -O2 -I$(python -m lightning_online.client --include) my_solver.c \
  *       $(python -m lightning_online.client --source) -o my_solver -lm
  *
- * Wire protocol (the reference is lightning_online/_protocol.py): one TCP connection, messages
- * from the program only, no replies, everything little-endian. Each message is a 32-byte header
- *   uint32 magic 0x314E4F4C, uint16 version 1, uint16 kind (1 HELLO, 2 STEP, 3 CLOSE, 4 ERROR),
+ * Wire protocol (the reference is lightning_online/_protocol.py): one TCP connection per part,
+ * messages from the program only, no replies, everything little-endian. Each message is a
+ * 32-byte header
+ *   uint32 magic 0x314E4F4C, uint16 version 2, uint16 kind (1 HELLO, 2 STEP, 3 CLOSE, 4 ERROR),
  *   uint32 n_fields, uint32 reserved 0, int64 step, uint64 payload_bytes
- * then the payload: HELLO (first) = the token; STEP = n_fields descriptors of 128 bytes
+ * then the payload: HELLO (first) = uint32 part, uint32 n_parts, then the token (a single
+ * sender is part 0 of 1); STEP = n_fields descriptors of 128 bytes
  *   char name[48] (NUL-padded), int32 dtype, int32 ndim, int64 shape[8], uint64 nbytes
  * followed by each field's raw bytes (C order), zero-padded to a multiple of 8; CLOSE = none
- * (step = number of steps sent); ERROR = UTF-8 message. A connection that ends without CLOSE
- * or ERROR is reported as a crashed run.
+ * (step = number of steps this part sent); ERROR = UTF-8 message. Each part counts its own
+ * steps from 0. A connection that ends without CLOSE or ERROR is reported as a crashed run.
  *
  * Functions that fail return NULL or -1 and leave the reason in lo_last_error(). A client is
  * used by one thread at a time; the library has no other global state.
@@ -76,12 +91,20 @@ typedef struct {
     const void *data;
 } lo_field;
 
-/* Connect to LIGHTNING_ONLINE_ADDRESS and say HELLO with LIGHTNING_ONLINE_TOKEN.
- * NULL on failure. */
+/* Connect to LIGHTNING_ONLINE_ADDRESS and say HELLO with LIGHTNING_ONLINE_TOKEN, as the only
+ * sender of the run (part 0 of 1). NULL on failure. */
 lo_client *lo_connect(void);
 
-/* Same with an explicit "host:port" address and token. NULL on failure. */
+/* Same with an explicit "host:port" address and token (part 0 of 1). NULL on failure. */
 lo_client *lo_connect_to(const char *address, const char *token);
+
+/* Connect as part `part` of `n_parts` senders of the run (from the environment, as
+ * lo_connect): with MPI, each rank calls lo_connect_part(rank, size). Requires
+ * 0 <= part < n_parts and 1 <= n_parts <= 65536. NULL on failure. */
+lo_client *lo_connect_part(int part, int n_parts);
+
+/* Same with an explicit "host:port" address and token. NULL on failure. */
+lo_client *lo_connect_to_part(const char *address, const char *token, int part, int n_parts);
 
 /* Parse LIGHTNING_ONLINE_PARAMETERS into theta[0..max-1]. Returns the number of values, or -1
  * when the variable is missing, does not parse, or holds more than max values. */

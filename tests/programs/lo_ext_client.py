@@ -24,10 +24,35 @@ p.add_argument("--at", type=int, default=2)
 p.add_argument("--fail-above", type=float, default=None)
 p.add_argument("--delay", type=float, default=0.0)
 p.add_argument("--stall-after", type=int, default=None)
+p.add_argument("--parts", action="store_true", help="every MPI rank sends its share of y")
 args = p.parse_args()
 
-if os.environ.get("PMI_RANK", "0") != "0":  # an MPI launch: only rank 0 talks to the trainer
+
+def parts_mode(rank: int, size: int) -> None:
+    """Each rank sends its share: x from rank 0 only, y split over the ranks (np.array_split)."""
+    theta = client.parameters()
+    n_parts = size + 1 if args.mode == "part-count" and rank == 1 else size
+    odd = rank == 1
+    with client.connect(part=rank, n_parts=n_parts) as run:
+        for k in range(args.steps):
+            if odd and k == args.at and args.mode == "part-raise":
+                raise RuntimeError(f"rank 1 diverged at step {k}")
+            if odd and k == args.at and args.mode == "part-short":
+                break
+            x = np.append(theta, k / args.steps).astype(np.float32)
+            y = (np.arange(args.size) * theta.sum() * (k + 1)).astype(np.float32)
+            y = np.array_split(y, size)[rank]
+            if odd and args.mode == "part-dtype":
+                y = y.astype(np.float64)
+            run.send({"x": x if rank == 0 else x[:0], "y": y})
     sys.exit(0)
+
+
+rank, size = int(os.environ.get("PMI_RANK", "0")), int(os.environ.get("PMI_SIZE", "1"))
+if rank != 0 and not args.parts:  # an MPI launch: only rank 0 talks to the trainer
+    sys.exit(0)
+if args.parts:
+    parts_mode(rank, size)
 
 theta = client.parameters()
 print(f"lo_ext_client starting with theta={theta.tolist()}", flush=True)

@@ -10,17 +10,27 @@
  *   per output step k = 1..n_steps, fields "x" float32 (6,) = [theta / scale..., k / n_steps]
  *   and "y" float32 (ny * nx,) = interior field / scale, C order (ny, nx).
  *
+ * By default rank 0 gathers the field and is the run's only sender. With --parts every rank
+ * is a sender instead (lo_connect_part(rank, size), no gather): per output step, rank r sends
+ * "x" float32 of shape (6,) on rank 0 and (0,) on the others, and "y" float32 of shape
+ * (rows_r * nx,) with its own interior rows (0 rows when there are more ranks than rows); the
+ * receiving side concatenates the parts in rank order, which gives the same x and y.
+ *
  * Build and run (the client library is compiled in):
  *   mpicc -O2 -I$(python -m lightning_online.client --include) heat2d.c \
  *       $(python -m lightning_online.client --source) -o heat2d -lm
  *   ExternalSolver(["heat2d", "--nx", "32"], n_procs=4, ...)  (or mpiexec -n 4 heat2d)
+ *   ExternalSolver(["heat2d", "--nx", "32", "--parts"], n_procs=4, ...)  (4 senders)
  *
  * Options: --nx N --ny N --n-steps N --alpha A --t-end T --normalize S|none --safety F
- * (defaults as Heat2D: 32, 32, 100, 1, 0.2 / alpha, 500, 0.9); --fail-at K makes rank 0 abort
- * the run with an ERROR message instead of sending step index K (for fault tests).
+ * (defaults as Heat2D: 32, 32, 100, 1, 0.2 / alpha, 500, 0.9); --parts (no value): every rank
+ * sends its share, as above; --fail-at K makes the run abort with an ERROR message instead of
+ * sending step index K (for fault tests; sent by rank 0, or by every rank with --parts).
  *
- * Exit codes: 0 done; 1 bad options or parameters (an ERROR message was sent); 2 no
- * connection to the training process (MPI_Abort(MPI_COMM_WORLD, 2) when it breaks mid-run).
+ * Exit codes: 0 done; 1 bad options or parameters (an ERROR message was sent, by every
+ * connected rank with --parts); 2 no connection to the training process (with --parts: when
+ * any rank cannot connect, every rank exits 2; the others send ERROR first), or
+ * MPI_Abort(MPI_COMM_WORLD, 2) when the connection breaks mid-run.
  */
 #include <math.h>
 #include <mpi.h>
@@ -79,6 +89,7 @@ static void configure(int argc, char **argv, config *cfg)
     for (i = 1; i < argc; i++) {
         const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         int bad;
+        if (!strcmp(opt, "--parts")) continue; /* no value; read by wants_parts() */
         if (!val) {
             snprintf(cfg->error, sizeof cfg->error, "heat2d: option %s needs a value", opt);
             return;
@@ -99,7 +110,7 @@ static void configure(int argc, char **argv, config *cfg)
         } else {
             snprintf(cfg->error, sizeof cfg->error,
                      "heat2d: unknown option %s (expected --nx, --ny, --n-steps, --alpha, "
-                     "--t-end, --normalize, --safety)",
+                     "--t-end, --normalize, --safety, --parts, --fail-at)",
                      opt);
             return;
         }
@@ -149,6 +160,18 @@ static void configure(int argc, char **argv, config *cfg)
     cfg->ok = 1;
 }
 
+/* Whether --parts is among the options (as configure() reads them: options with a value skip
+ * it), known to every rank before anything connects. */
+static int wants_parts(int argc, char **argv)
+{
+    int i;
+    for (i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--parts")) return 1;
+        i++; /* the value */
+    }
+    return 0;
+}
+
 /* Forward-Euler sub-steps per output step, as Heat2D.substeps. */
 static int substeps(const config *cfg)
 {
@@ -162,7 +185,7 @@ static int substeps(const config *cfg)
 int main(int argc, char **argv)
 {
     int rank, size, r, k, s, i, j;
-    int rows, j0, n_active, up, down, m, nx;
+    int rows, j0, n_active, up, down, m, nx, parts, failed;
     int *counts = NULL, *displs = NULL;
     double dt, rx, ry, rc, t0, left, right, bottom, top;
     double *u, *tmp;
@@ -174,10 +197,23 @@ int main(int argc, char **argv)
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
 
-    /* Rank 0 connects first, so that a bad configuration reaches the training side. */
+    /* The senders connect first, so that a bad configuration reaches the training side: rank 0
+     * alone, or with --parts every rank (and all of them learn whether one could not). */
     memset(&cfg, 0, sizeof cfg);
+    parts = wants_parts(argc, argv);
+    if (parts) {
+        client = lo_connect_part(rank, size);
+        if (!client) fprintf(stderr, "heat2d: rank %d: %s\n", rank, lo_last_error());
+        failed = client == NULL;
+        MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        if (failed) {
+            if (client) lo_abort(client, "heat2d: another rank could not connect");
+            MPI_Finalize();
+            return 2;
+        }
+    }
     if (rank == 0) {
-        client = lo_connect();
+        if (!parts) client = lo_connect();
         if (client) {
             configure(argc, argv, &cfg);
         } else {
@@ -189,10 +225,8 @@ int main(int argc, char **argv)
      * all ranks normally rather than with MPI_Abort, which can lose rank 0's stderr. */
     MPI_Bcast(&cfg, (int)sizeof cfg, MPI_BYTE, 0, MPI_COMM_WORLD);
     if (!cfg.ok) {
-        if (rank == 0) {
-            fprintf(stderr, "%s\n", cfg.error);
-            if (client) lo_abort(client, cfg.error);
-        }
+        if (rank == 0) fprintf(stderr, "%s\n", cfg.error);
+        if (client) lo_abort(client, cfg.error);
         MPI_Finalize();
         return cfg.no_connection ? 2 : 1;
     }
@@ -222,16 +256,16 @@ int main(int argc, char **argv)
     u = (double *)malloc(sizeof(double) * (size_t)(rows + 2) * (size_t)(nx + 2));
     tmp = (double *)malloc(sizeof(double) * ((size_t)rows * nx + 1));
     ylocal = (float *)malloc(sizeof(float) * ((size_t)rows * nx + 1));
-    if (rank == 0) {
+    if (rank == 0 && !parts) {
         y = (float *)malloc(sizeof(float) * (size_t)cfg.ny * nx);
         counts = (int *)malloc(sizeof(int) * (size_t)size);
         displs = (int *)malloc(sizeof(int) * (size_t)size);
     }
-    if (!u || !tmp || !ylocal || (rank == 0 && (!y || !counts || !displs))) {
+    if (!u || !tmp || !ylocal || (rank == 0 && !parts && (!y || !counts || !displs))) {
         fprintf(stderr, "heat2d: out of memory on rank %d\n", rank);
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
-    if (rank == 0) {
+    if (rank == 0 && !parts) {
         for (r = 0; r < size; r++) {
             int rr = cfg.ny / size + (r < cfg.ny % size);
             int rj = r * (cfg.ny / size) + (r < cfg.ny % size ? r : cfg.ny % size);
@@ -259,7 +293,7 @@ int main(int argc, char **argv)
     for (i = 0; i < 5; i++) x[i] = (float)(cfg.theta[i] / cfg.scale);
     for (k = 1; k <= cfg.n_steps; k++) {
         if (k - 1 == cfg.fail_at) { /* every rank knows fail_at: all stop here */
-            if (rank == 0) {
+            if (client) { /* rank 0, or every rank with --parts */
                 char msg[64];
                 snprintf(msg, sizeof msg, "failing on purpose at step %d", cfg.fail_at);
                 lo_abort(client, msg);
@@ -296,12 +330,14 @@ int main(int argc, char **argv)
                 for (i = 1; i <= nx; i++)
                     ylocal[(size_t)(j - 1) * nx + (i - 1)] = (float)(U(j, i) / cfg.scale);
         }
-        MPI_Gatherv(ylocal, rows * nx, MPI_FLOAT, y, counts, displs, MPI_FLOAT, 0,
-                    MPI_COMM_WORLD);
-        if (rank == 0) {
-            int64_t xshape[1] = {6}, yshape[1];
+        if (!parts)
+            MPI_Gatherv(ylocal, rows * nx, MPI_FLOAT, y, counts, displs, MPI_FLOAT, 0,
+                        MPI_COMM_WORLD);
+        if (client) { /* rank 0 with the whole field, or every rank with its share */
+            int64_t xshape[1], yshape[1];
             lo_field fields[2];
-            yshape[0] = (int64_t)cfg.ny * nx;
+            xshape[0] = rank == 0 ? 6 : 0;
+            yshape[0] = parts ? (int64_t)rows * nx : (int64_t)cfg.ny * nx;
             x[5] = (float)((double)k / cfg.n_steps);
             fields[0].name = "x";
             fields[0].dtype = LO_FLOAT32;
@@ -312,7 +348,7 @@ int main(int argc, char **argv)
             fields[1].dtype = LO_FLOAT32;
             fields[1].ndim = 1;
             fields[1].shape = yshape;
-            fields[1].data = y;
+            fields[1].data = parts ? ylocal : y;
             if (lo_send_step(client, 2, fields) != 0) {
                 fprintf(stderr, "heat2d: %s\n", lo_last_error());
                 MPI_Abort(MPI_COMM_WORLD, 2);
@@ -320,7 +356,7 @@ int main(int argc, char **argv)
         }
     }
 #undef U
-    if (rank == 0 && lo_close(client) != 0) {
+    if (client && lo_close(client) != 0) {
         fprintf(stderr, "heat2d: %s\n", lo_last_error());
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
