@@ -133,6 +133,11 @@ class OnlineCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightning-online`` console script (``args``: default ``sys.argv``)."""
     OnlineCLI(args=args)
+    # Ranks started by mpiexec or srun exit here, not in Lightning's launcher: a process group
+    # left for the interpreter's teardown can abort in gloo's threads ("terminate called without
+    # an active exception"), and an MPI process manager answers an aborted rank by killing the job.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

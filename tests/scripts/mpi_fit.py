@@ -9,6 +9,7 @@ import json
 import sys
 
 import lightning.pytorch as pl
+import torch
 from _models import Regressor
 from _solvers import Smooth
 from lightning.pytorch.plugins.environments import MPIEnvironment
@@ -39,3 +40,5 @@ if __name__ == "__main__":
     trainer.fit(Regressor(3, 1), dm)
     with open(f"{out}.{trainer.global_rank}.json", "w") as f:
         json.dump({"stats": dict(dm.stats), "step": trainer.global_step}, f)
+    # Rank processes of mpiexec/srun exit here: end the process group first (see docs/cluster.md).
+    torch.distributed.destroy_process_group()

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from _models import Regressor
 
 from lightning_online import FIFO, ExternalSolver, Halton, OnlineDataModule, ParameterSpace
@@ -49,3 +50,5 @@ if __name__ == "__main__":
     env = type(trainer.strategy.cluster_environment).__name__
     with open(f"{out}.{trainer.global_rank}.json", "w") as f:
         json.dump({"stats": dict(dm.stats), "step": trainer.global_step, "env": env}, f)
+    # Rank processes of mpiexec/srun exit here: end the process group first (see docs/cluster.md).
+    torch.distributed.destroy_process_group()
