@@ -117,3 +117,5 @@ if __name__ == "__main__":
             },
             f,
         )
+    if torch.distributed.is_initialized():  # end the process group before exit (docs/cluster.md)
+        torch.distributed.destroy_process_group()
