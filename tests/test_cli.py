@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_processes import assert_none_left, env_with_marker
+from test_processes import assert_none_left, run_marked
 
 from lightning_online.active_sampling import ActiveSampling
 from lightning_online.cli import OnlineCLI, auto_num_threads, main, mpi_world_size
@@ -142,14 +141,10 @@ def test_validate_and_test_from_a_checkpoint(tmp_path, capsys):
 # swapped for the compiled C program (2 MPI ranks per run).
 @pytest.mark.timeout(240)
 def test_heat2d_recipe_under_mpiexec_on_two_ranks(tmp_path):
-    env, marker = env_with_marker()
     bin_dir = Path(sys.executable).parent
     cmd = [str(bin_dir / "mpiexec"), "-n", "2", str(bin_dir / "lightning-online"), "fit"]
     cmd += [*tiny_args("heat2d", tmp_path), "--trainer.strategy=ddp", "--trainer.devices=2"]
-    out = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=200, env=env, start_new_session=True
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
+    out, marker = run_marked(cmd, tmp_path, timeout=200)
     assert "Starting with 2 processes" in out.stderr + out.stdout
     log_dir = tmp_path / "lightning_logs" / "version_0"
     summary = json.loads((log_dir / "study_summary.json").read_text())

@@ -67,6 +67,26 @@ def env_with_marker() -> tuple[dict[str, str], str]:
     return env, marker
 
 
+def run_marked(
+    cmd: list[str], cwd: Path, timeout: float, **extra_env: str
+) -> tuple[subprocess.CompletedProcess, str]:
+    """Run a training command to its end in a session of its own (the mpich process manager
+    kills the process group of a trainer that dies), with this test's marker; it must succeed."""
+    env, marker = env_with_marker()
+    env.update(extra_env)
+    out = subprocess.run(
+        [str(c) for c in cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out, marker
+
+
 def test_workers_inherit_the_marker_so_the_checks_below_can_fail(tmp_path):
     # Guards the other tests: the marker must reach workers and solver sandboxes.
     env, marker = env_with_marker()
@@ -92,7 +112,6 @@ def test_workers_inherit_the_marker_so_the_checks_below_can_fail(tmp_path):
 def test_user_script_runs_with_python_and_under_mpiexec(tmp_path, launcher):
     script = tmp_path / "user_script.py"
     script.write_text(USER_SCRIPT.format(here=str(HERE)))
-    env, marker = env_with_marker()
     cmd = [sys.executable, str(script)]
     if launcher == "mpiexec":
         mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which(
@@ -100,16 +119,7 @@ def test_user_script_runs_with_python_and_under_mpiexec(tmp_path, launcher):
         )
         assert mpiexec, "mpiexec from the mpich wheel is missing"
         cmd = [mpiexec, "-n", "1", *cmd]
-    out = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=150,
-        env=env,
-        cwd=tmp_path,
-        start_new_session=True,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out, marker = run_marked(cmd, tmp_path, timeout=150)
     stats = json.loads(out.stdout.strip().splitlines()[-1])
     assert stats["completed"] == 4 and stats["samples_served"] == 20
     assert_none_left(marker)
@@ -144,18 +154,9 @@ def test_interrupt_stops_cleanly_and_leaves_nothing(tmp_path, sig):
 
 def test_two_training_ranks_under_mpiexec(tmp_path):
     """``mpiexec -n 2``: each MPI rank trains (DDP over gloo) and spawns its own workers."""
-    env, marker = env_with_marker()
     mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
-    out = subprocess.run(
-        [mpiexec, "-n", "2", sys.executable, str(HERE / "scripts" / "mpi_fit.py"), "result"],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        env=env,
-        cwd=tmp_path,
-        start_new_session=True,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    cmd = [mpiexec, "-n", "2", sys.executable, HERE / "scripts" / "mpi_fit.py", "result"]
+    _, marker = run_marked(cmd, tmp_path, timeout=150)
     ranks = [json.loads((tmp_path / f"result.{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]  # same stats and steps on both ranks
     assert ranks[0]["stats"]["completed"] == 12 and ranks[0]["stats"]["launched"] == 12

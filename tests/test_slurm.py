@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_processes import assert_none_left, env_with_marker
+from test_processes import assert_none_left, run_marked
 
 from lightning_online import ExternalSolver, Srun
 
@@ -55,25 +54,9 @@ def test_each_run_is_an_srun_step(slurm_env):
 def test_training_job_under_srun_with_runs_as_srun_steps(slurm_env, tmp_path):
     """``srun --mpi=none --ntasks=2 python train.py``: Lightning's SLURMEnvironment, 2 DDP ranks,
     each spawning its own workers, every solver run an ``srun --ntasks=2`` step."""
-    env, marker = env_with_marker()
-    env.update({k: v for k, v in os.environ.items() if k.startswith(("SLURM", "SRUN", "PATH"))})
-    out = subprocess.run(
-        [
-            "srun",
-            "--mpi=none",
-            "--ntasks=2",
-            sys.executable,
-            str(HERE / "scripts" / "slurm_fit.py"),
-            "result",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=200,
-        env=env,
-        cwd=tmp_path,
-        start_new_session=True,
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
+    train = [sys.executable, HERE / "scripts" / "slurm_fit.py", "result"]
+    # slurm_env put the stand-in srun and the job's variables into os.environ, which is passed on
+    _, marker = run_marked(["srun", "--mpi=none", "--ntasks=2", *train], tmp_path, timeout=200)
     ranks = [json.loads((tmp_path / f"result.{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]
     assert ranks[0]["env"] == "SLURMEnvironment"
@@ -87,9 +70,6 @@ def test_training_job_under_srun_with_runs_as_srun_steps(slurm_env, tmp_path):
 def test_the_cluster_recipe_runs_its_study_with_the_stand_in_srun(slurm_env, tmp_path):
     """recipes/heat2d_c.sbatch as sbatch would run it (a bash script in the submit folder):
     builds the C solver, starts 2 training ranks with srun, every run an srun step of 2 ranks."""
-    env, marker = env_with_marker()
-    env.update({k: v for k, v in os.environ.items() if k.startswith(("SLURM", "SRUN", "PATH"))})
-    env.update(TRAINING_TASKS="2", ACCELERATOR="cpu", RECIPE=str(ROOT / "recipes/heat2d_c.yaml"))
     short = '[build/heat2d, --nx, "16", --ny, "16", --n-steps, "5", --parts]'
     tiny = [
         f"--data.solver.init_args.command={short}",
@@ -104,16 +84,14 @@ def test_the_cluster_recipe_runs_its_study_with_the_stand_in_srun(slurm_env, tmp
         "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={tmp_path}",
     ]
-    out = subprocess.run(
-        ["bash", str(ROOT / "recipes/heat2d_c.sbatch"), *tiny],
-        capture_output=True,
-        text=True,
+    _, marker = run_marked(
+        ["bash", ROOT / "recipes/heat2d_c.sbatch", *tiny],
+        tmp_path,
         timeout=220,
-        env=env,
-        cwd=tmp_path,
-        start_new_session=True,
+        TRAINING_TASKS="2",
+        ACCELERATOR="cpu",
+        RECIPE=str(ROOT / "recipes/heat2d_c.yaml"),
     )
-    assert out.returncode == 0, out.stderr[-4000:]
     assert (tmp_path / "build" / "heat2d").exists()
     log_dir = tmp_path / "lightning_logs" / "version_4242"  # under SLURM: the job's id
     summary = json.loads((log_dir / "study_summary.json").read_text())
