@@ -185,7 +185,7 @@ static int substeps(const config *cfg)
 int main(int argc, char **argv)
 {
     int rank, size, r, k, s, i, j;
-    int rows, j0, n_active, up, down, m, nx, parts, failed;
+    int rows, j0, n_active, up, down, m, nx, parts, failed, status = 0;
     int *counts = NULL, *displs = NULL;
     double dt, rx, ry, rc, t0, left, right, bottom, top;
     double *u, *tmp;
@@ -297,15 +297,10 @@ int main(int argc, char **argv)
                 char msg[64];
                 snprintf(msg, sizeof msg, "failing on purpose at step %d", cfg.fail_at);
                 lo_abort(client, msg);
+                client = NULL;
             }
-            free(u);
-            free(tmp);
-            free(ylocal);
-            free(y);
-            free(counts);
-            free(displs);
-            MPI_Finalize();
-            return 1;
+            status = 1;
+            break;
         }
         if (rows > 0) {
             for (s = 0; s < m; s++) {
@@ -356,7 +351,7 @@ int main(int argc, char **argv)
         }
     }
 #undef U
-    if (client && lo_close(client) != 0) {
+    if (client && lo_close(client) != 0) { /* client is NULL after an abort */
         fprintf(stderr, "heat2d: %s\n", lo_last_error());
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
@@ -367,5 +362,5 @@ int main(int argc, char **argv)
     free(counts);
     free(displs);
     MPI_Finalize();
-    return 0;
+    return status;
 }
