@@ -69,6 +69,14 @@ def mpi_free_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(_MPI_ENV_PREFIXES)}
 
 
+def signal_name(returncode: int) -> str:
+    """``SIGSEGV`` for a process killed by signal 11 (returncode -11), as subprocess reports it."""
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """Ask Linux to send ``sig`` to this process when its parent dies, so that no solver is ever
     orphaned (also usable as a ``preexec_fn``)."""

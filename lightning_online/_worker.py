@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_online._runner import mpi_free_environ, read_frame, write_frame
+from lightning_online._runner import mpi_free_environ, read_frame, signal_name, write_frame
 from lightning_online._wire import encode_end
 
 TAG_TASK, TAG_STOP, TAG_SAMPLE, TAG_END, TAG_BYE, TAG_FATAL = range(11, 17)
@@ -36,11 +36,7 @@ _WINDOW = 16  # synchronous sends in flight per worker
 
 def describe_exit(code: int) -> str:
     if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"the solver process was killed by {name}"
+        return f"the solver process was killed by {signal_name(code)}"
     return f"the solver process exited with code {code} before finishing the run"
 
 

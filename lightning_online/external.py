@@ -35,7 +35,7 @@ from typing import IO, Any
 import numpy as np
 
 from lightning_online import _protocol as proto
-from lightning_online._runner import die_with_parent, mpi_free_environ, read_exact
+from lightning_online._runner import die_with_parent, mpi_free_environ, read_exact, signal_name
 from lightning_online.client import ENV_ADDRESS, ENV_PARAMETERS, ENV_TOKEN
 from lightning_online.launchers import Launcher, resolve_launcher
 
@@ -80,12 +80,7 @@ def _die_with_parent() -> None:
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
+    return f"killed by {signal_name(code)}" if code < 0 else f"exit code {code}"
 
 
 class ExternalSolver:
