@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import secrets
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -168,8 +169,6 @@ class ExternalSolver:
         self._check_program()
 
     def _check_program(self) -> None:
-        import shutil
-
         prog = self.command[0]
         if "{" in prog:
             return
