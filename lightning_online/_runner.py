@@ -8,16 +8,25 @@ process dies and the worker reports how it ended.
 
 Pipe protocol, both directions: frames of ``<u8 length><1 byte kind><payload>``.
 worker -> runner: ``P`` pickled solver (first frame), ``T`` task (float64 [sim_id, *theta]).
-runner -> worker: ``S`` sample (wire blob, see ``_wire``), ``D`` run done (int64 n_steps),
+runner -> worker: ``R`` sample written into the shared ring (``<u8 offset, u8 nbytes, u8 end>``),
+``S`` sample too large for the ring (wire blob, see ``_wire``), ``D`` run done (int64 n_steps),
 ``E`` run failed (UTF-8 reason).
+
+Samples do not cross the pipe: the runner encodes each one straight into a ring of shared memory
+(a ``memfd`` the worker creates and maps too) and sends only its place in the ring; the worker
+sends it to the training rank from there and hands the space back by advancing the ring's
+``tail`` counter once the send has completed. A full ring blocks the runner (backpressure), a
+crashed runner leaves the worker with nothing but whole, announced samples.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import struct
 import sys
+import time
 import traceback
 from typing import BinaryIO
 
@@ -26,6 +35,57 @@ import numpy as np
 from lightning_online._wire import encode_sample
 
 _LEN = struct.Struct("<QB")
+REF = struct.Struct("<QQQ")  # an R frame: offset in the ring, bytes, ring position after it
+RING_BYTES = 16 << 20  # per worker; samples above a quarter of it go through the pipe
+
+
+class Ring:
+    """A ring of shared memory for samples, one writer (runner) and one reader (worker).
+
+    Layout: 64 bytes of header (``uint64 tail`` at 0, written by the reader only), then
+    ``size`` bytes of data. The writer owns ``head``; both count bytes since the start, so that
+    ``head - tail`` is the space in use. A sample never wraps around the end: the writer skips
+    the rest of the ring instead.
+    """
+
+    HEAD = 64
+
+    def __init__(self, fd: int) -> None:
+        self.mm = mmap.mmap(fd, 0)
+        self.size = len(self.mm) - self.HEAD
+        self.data = np.frombuffer(self.mm, dtype=np.uint8, offset=self.HEAD)
+        self.tail = np.frombuffer(self.mm, dtype=np.uint64, count=1)
+        self.head = 0
+
+    @staticmethod
+    def create(size: int = RING_BYTES) -> int:
+        """A new shared memory file of the right size (the reader's side); its descriptor."""
+        fd = os.memfd_create("lightning-online-ring", os.MFD_CLOEXEC)
+        os.ftruncate(fd, Ring.HEAD + size)
+        return fd
+
+    # -- writer (runner)
+    def reserve(self, n: int) -> tuple[int, int] | None:
+        """``(offset, end)`` of n free bytes, waiting while the ring is full; None when a
+        sample of n bytes is too large for it."""
+        if n > self.size // 4:
+            return None
+        pos = self.head % self.size
+        start = self.head + (self.size - pos if pos + n > self.size else 0)
+        delay = 1e-5
+        while start + n - int(self.tail[0]) > self.size:  # full: the trainer is not taking
+            time.sleep(delay)
+            delay = min(2 * delay, 2e-3)
+        self.head = start + n
+        return start % self.size, self.head
+
+    # -- reader (worker)
+    def release(self, end: int) -> None:
+        """Everything before ring position ``end`` has been sent."""
+        self.tail[0] = end
+
+    def used(self, end: int) -> int:
+        return end - int(self.tail[0])
 
 
 def write_frame(out: BinaryIO, kind: bytes, payload: bytes | memoryview | np.ndarray) -> None:
@@ -110,7 +170,7 @@ def _check(fields: tuple[np.ndarray, ...], step: int, first: list[tuple] | None)
     return None
 
 
-def run(inp: BinaryIO, out: BinaryIO) -> None:
+def run(inp: BinaryIO, out: BinaryIO, ring: Ring | None = None) -> None:
     frame = read_frame(inp)
     if frame is None or frame[0] != b"P":
         return
@@ -122,6 +182,14 @@ def run(inp: BinaryIO, out: BinaryIO) -> None:
     announced = getattr(solver, "n_steps", None)
     if isinstance(announced, bool) or not isinstance(announced, int):
         announced = None
+    place: list[tuple[int, int] | None] = [None]  # where alloc put the last sample in the ring
+
+    def alloc(n: int) -> np.ndarray:
+        place[0] = got = ring.reserve(n) if ring is not None else None
+        if got is None:
+            return np.empty(n, dtype=np.uint8)
+        return ring.data[got[0] : got[0] + n]  # type: ignore[union-attr]
+
     while True:
         frame = read_frame(inp)
         if frame is None or frame[0] != b"T":
@@ -143,7 +211,12 @@ def run(inp: BinaryIO, out: BinaryIO) -> None:
                     break
                 if first is None:
                     first = [(a.dtype.str, a.shape) for a in fields]
-                write_frame(out, b"S", encode_sample(sim_id, step, fields, bare))
+                place[0] = None
+                blob = encode_sample(sim_id, step, fields, bare, alloc)
+                if place[0] is None:
+                    write_frame(out, b"S", blob)
+                else:
+                    write_frame(out, b"R", REF.pack(place[0][0], blob.nbytes, place[0][1]))
                 n_steps += 1
             else:
                 if n_steps == 0:
@@ -162,9 +235,10 @@ def main() -> None:
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when a run stops
     read_fd, write_fd = int(sys.argv[1]), int(sys.argv[2])
+    ring = Ring(int(sys.argv[3])) if len(sys.argv) > 3 else None
     with os.fdopen(read_fd, "rb", buffering=0) as inp, os.fdopen(write_fd, "wb") as out:
         try:
-            run(inp, out)  # type: ignore[arg-type]
+            run(inp, out, ring)  # type: ignore[arg-type]
         except BrokenPipeError:  # the worker went away: nothing left to report to
             pass
         finally:

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
 from lightning_online._dist import Group
-from lightning_online._wire import Sample, decode_sample, describe
+from lightning_online._store import SlotStore
+from lightning_online._wire import decode_sample
 from lightning_online.buffers import Buffer
 from lightning_online.sampling import ParameterSpace, Sampler
 
@@ -119,6 +121,14 @@ class Study:
         self.max_failed_fraction = max_failed_fraction
         self.group = group
         self.pool: Any = None  # set by the DataModule once workers are up
+        self.pin_memory = False  # batches in page-locked memory (set by the DataModule)
+        # Samples live in preallocated slots; the buffer's policy moves slot indices only.
+        self.store = SlotStore(buffer.capacity)
+        buffer.on_release = self.store.release
+        # Slots received beyond the buffer's room (the rest of a message of several samples):
+        # they enter the buffer first, before anything else is received.
+        self._stash: deque[int] = deque()
+        self._close_pending = False
 
         self._lock = threading.RLock()
         self.runs: dict[int, Run] = {}
@@ -138,10 +148,9 @@ class Study:
         self.rejected = 0
         self.served = 0
         self.replayed = 0
-        self.signature: tuple[int, ...] | None = None
         self._rejected_sims: dict[int, str] = {}
         self.failures: list[Run] = []
-        self._last: list[Sample] = []
+        self._last: tuple[list[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None
         # Bounded: without a consumer (no steering callback) it must not grow with the stream.
         self.batch_info: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=64)
         self.stats: dict[str, float] = {}
@@ -178,33 +187,109 @@ class Study:
             return sim_id, theta
 
     def has_room(self) -> bool:
-        return self.buffer.has_room()
+        """Whether a message of samples may be received now (receiver thread)."""
+        if self._stash and not self._drain_stash():
+            return False
+        store = self.store
+        return self.buffer.has_room() and (not store.configured or store.n_free >= store.spare)
+
+    def _drain_stash(self) -> bool:
+        with self._lock:
+            if self.buffer.closed:
+                self._stash.clear()
+                return False
+            stash = list(self._stash)
+            added = self.buffer.put_many(stash)
+            for _ in range(added):
+                self._stash.popleft()
+            if not self._stash and self._close_pending:
+                self._close_pending = False
+                self.buffer.close()
+            return not self._stash
 
     def on_sample(self, blob: np.ndarray) -> None:
-        sample = decode_sample(blob)
-        run = self.runs.get(sample.sim_id)
-        if run is None or sample.sim_id in self._rejected_sims or run.status != "running":
+        """One sample in the ``_wire`` format (receiver thread; valid only during the call)."""
+        blob = np.asarray(blob, dtype=np.uint8)
+        self.on_samples(blob.reshape(1, -1))
+
+    def slot_for(self, nbytes: int) -> tuple[int, np.ndarray] | None:
+        """A free slot to receive one sample of ``nbytes`` straight into (receiver thread)."""
+        store = self.store
+        if not store.configured or nbytes != store.size or not store.n_free:
+            return None
+        slot = store.take_free()
+        return slot, store.mem[slot, :nbytes]  # type: ignore[index]
+
+    def on_slot(self, slot: int) -> None:
+        """The sample received into ``slot`` is complete (receiver thread)."""
+        store = self.store
+        self.on_samples(store.mem[slot : slot + 1, : store.size], [slot])  # type: ignore[index]
+
+    def on_samples(self, blobs: np.ndarray, slots: list[int] | None = None) -> None:
+        """``(k, size)`` samples in the ``_wire`` format, in step order (receiver thread; the
+        memory is only valid during the call: what is kept is copied into slots). With
+        ``slots``, the samples already lie in those slots, which are given back if refused."""
+        if slots is not None:
+            kept: list[int] = []
+            try:
+                self._accept(blobs, kept, slots)
+            finally:
+                self.store.release([s for s in slots if s not in kept])
+            return
+        self._accept(blobs, [], None)
+
+    def _accept(self, blobs: np.ndarray, kept: list[int], slots: list[int] | None) -> None:
+        k = len(blobs)
+        if k == 0:
+            return
+        if blobs.shape[1] < 32:
             with self._lock:
-                self.rejected += 1
+                self.rejected += k
+            log.warning("dropped %d malformed sample message(s) of %d bytes", k, blobs.shape[1])
+            return
+        sims = blobs[:, 8:16].view(np.int64)[:, 0]
+        if k > 1 and (sims != sims[0]).any():  # several runs in one message: one at a time
+            for sim in dict.fromkeys(sims.tolist()):
+                rows = np.flatnonzero(sims == sim)
+                sub = None if slots is None else [slots[i] for i in rows]
+                self._accept(blobs[rows], kept, sub)
+            return
+        sim_id = int(sims[0])
+        run = self.runs.get(sim_id)
+        if run is None or sim_id in self._rejected_sims or run.status != "running":
+            with self._lock:
+                self.rejected += k
             return
         if run.validation:
-            item = sample.fields[0] if sample.bare else sample.fields
-            self.val_samples.setdefault(sample.sim_id, []).append(item)
+            for blob in blobs:
+                sample = decode_sample(blob)
+                fields = tuple(a.copy() for a in sample.fields)
+                self.val_samples.setdefault(sim_id, []).append(fields[0] if sample.bare else fields)
             return
-        if self.signature is None:
-            self.signature = sample.signature
-        elif sample.signature != self.signature:
-            reason = (
-                f"step {sample.step} yielded {describe(sample.signature)}, but the study's "
-                f"samples are {describe(self.signature)} (shape or dtype changed)"
-            )
-            with self._lock:
-                self._rejected_sims[sample.sim_id] = reason
-                self.rejected += 1
-            return
-        self.buffer.put(sample)
+        store = self.store
+        if not store.configured:
+            store.configure(blobs[0])
+        bad = store.check(blobs)
+        good = blobs if bad is None else blobs[: bad[0]]
+        if slots is None:
+            slots = store.write(good) if len(good) else []
+        else:
+            slots = slots[: len(good)]
         with self._lock:
-            self.received += 1
+            if bad is not None:
+                self._rejected_sims[sim_id] = bad[1]
+                self.rejected += k - len(good)
+            if self.buffer.closed:  # the study ended meanwhile: nothing more is taken
+                store.release(slots)
+                self.rejected += len(slots)
+                return
+            self.received += len(slots)
+            kept.extend(slots)
+            if self._stash:
+                self._stash.extend(slots)
+            else:
+                added = self.buffer.put_many(slots)
+                self._stash.extend(slots[added:])
 
     def on_end(self, sim_id: int, ok: bool, n_steps: int, seconds: float, reason: str) -> None:
         with self._lock:
@@ -259,7 +344,7 @@ class Study:
                     self.replayed,
                     ready,
                     b.exhausted,
-                    bool(self._last),
+                    self._last is not None,
                     len(b),
                     b.stats()["unique_served"],
                     error,
@@ -338,7 +423,7 @@ class Study:
             self._pending.extend(mine)
         if complete and not self.complete:
             self.complete = True
-            self.buffer.close()
+            self._close_buffer()
         # A rank that holds no run and no permit once every permit is out will never receive
         # again: let it drain what it has instead of waiting for a watermark it cannot reach.
         starved = (
@@ -349,7 +434,7 @@ class Study:
             and col["permits"][me] + grants[me] == 0
         )
         if starved and not self.buffer.closed:
-            self.buffer.close()
+            self._close_buffer()
         if self.pool is not None and (grants[me] or len(mine)):
             self.pool.wake()
 
@@ -373,23 +458,35 @@ class Study:
                 f"rank {self.group.rank} (most recent last):\n" + "\n".join(lines)
             )
 
-    def take(self) -> list[Sample]:
-        """The batch this rank serves after a ``serve`` decision."""
-        items = self.buffer.get(min(self.batch_size, self.buffer.capacity))
+    def _close_buffer(self) -> None:
+        """End of stream; samples still waiting for room enter the buffer first."""
         with self._lock:
-            if items:
-                self._last = items
-                self.served += len(items)
+            if self._stash:
+                self._close_pending = True
+            else:
+                self.buffer.close()
+
+    def take(self) -> torch.Tensor | list[torch.Tensor]:
+        """The batch this rank serves after a ``serve`` decision: each field of the chosen
+        slots, stacked by one vectorised copy per field (pinned memory when asked)."""
+        store = self.store
+
+        def gather(items: list[int]) -> tuple[list[torch.Tensor], tuple[np.ndarray, np.ndarray]]:
+            idx = np.asarray(items, dtype=np.int64)
+            return store.gather(idx, self.pin_memory), store.ids(idx)
+
+        got = self.buffer.get(min(self.batch_size, self.buffer.capacity), gather=gather)
+        with self._lock:
+            if got is not None:
+                self._last = got
+                self.served += len(got[1][0])
             else:  # exhausted while others still serve: repeat the last batch (documented)
-                items = self._last
-                self.replayed += len(items)
-        self.batch_info.append(
-            (
-                np.fromiter((s.sim_id for s in items), dtype=np.int64, count=len(items)),
-                np.fromiter((s.step for s in items), dtype=np.int64, count=len(items)),
-            )
-        )
-        return items
+                assert self._last is not None
+                got = self._last
+                self.replayed += len(got[1][0])
+        tensors, info = got
+        self.batch_info.append(info)
+        return tensors[0] if store.bare else tensors
 
     # ------------------------------------------------------------------ validation runs
     def queue_validation(self, thetas: np.ndarray) -> list[int]:

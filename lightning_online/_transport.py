@@ -27,7 +27,8 @@ from lightning_online._worker import (
     TAG_BYE,
     TAG_END,
     TAG_FATAL,
-    TAG_SAMPLE,
+    TAG_SAMPLES,
+    TAG_SAMPLES_MAX,
     TAG_STOP,
     TAG_TASK,
 )
@@ -44,7 +45,17 @@ class PoolHandler(Protocol):
 
     def has_room(self) -> bool: ...
 
-    def on_sample(self, blob: np.ndarray) -> None: ...
+    def on_sample(self, blob: np.ndarray) -> None:
+        """One sample (``_wire`` format); ``blob`` is only valid during the call."""
+
+    def on_samples(self, blobs: np.ndarray) -> None:
+        """``(k, size)`` samples of one run in step order; only valid during the call."""
+
+    def slot_for(self, nbytes: int) -> tuple[int, np.ndarray] | None:
+        """A free slot and its memory to receive one sample of ``nbytes`` into, or None."""
+
+    def on_slot(self, slot: int) -> None:
+        """The sample received into ``slot`` (from :meth:`slot_for`) is complete."""
 
     def on_end(self, sim_id: int, ok: bool, n_steps: int, seconds: float, reason: str) -> None: ...
 
@@ -166,6 +177,9 @@ class WorkerPool:
         status = MPI.Status()
         idle_workers = list(range(self.n_workers))
         running: dict[int, int] = {}  # worker -> sim_id
+        # One receive buffer, reused (grown to the largest message): nothing is allocated per
+        # message, so memory stays flat over a long stream (no allocator arenas filling up).
+        scratch = np.empty(1 << 16, dtype=np.uint8)
         idle_polls = 0
         delay = self.poll_interval
         while not self._stop.is_set():
@@ -190,11 +204,26 @@ class WorkerPool:
                     break
                 got += 1
                 source, tag = status.Get_source(), status.Get_tag()
-                buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+                count = status.Get_count(MPI.BYTE)
+                if count > len(scratch):
+                    scratch = np.empty(max(count, 2 * len(scratch)), dtype=np.uint8)
+                if TAG_SAMPLES < tag <= TAG_SAMPLES_MAX:
+                    k = tag - TAG_SAMPLES
+                    if count % k:
+                        raise RuntimeError(f"solver worker {source} sent a malformed message")
+                    # One sample of the study's size lands directly in its slot (no copy).
+                    slot = handler.slot_for(count) if k == 1 else None
+                    if slot is not None:
+                        comm.Recv([slot[1], MPI.BYTE], source=source, tag=tag)
+                        handler.on_slot(slot[0])
+                        continue
+                    buf = scratch[:count]
+                    comm.Recv([buf, MPI.BYTE], source=source, tag=tag)
+                    handler.on_samples(buf.reshape(k, count // k))
+                    continue
+                buf = scratch[:count]
                 comm.Recv([buf, MPI.BYTE], source=source, tag=tag)
-                if tag == TAG_SAMPLE:
-                    handler.on_sample(buf)
-                elif tag == TAG_END:
+                if tag == TAG_END:
                     running.pop(source, None)
                     idle_workers.append(source)
                     handler.on_end(*decode_end(buf))

@@ -9,6 +9,7 @@ corrupted or foreign message fails loudly instead of being misread.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -18,6 +19,7 @@ __all__ = [
     "MAX_DIMS",
     "MAX_FIELDS",
     "Sample",
+    "coalesce_limit",
     "decode_end",
     "decode_sample",
     "encode_end",
@@ -29,6 +31,10 @@ MAGIC = 0x4C4F4E4C  # "LONL": the solver yielded a tuple of arrays
 MAGIC_BARE = 0x4C4F4E42  # "LONB": the solver yielded one bare array (collated to a tensor)
 MAX_DIMS = 8
 MAX_FIELDS = 16
+# Samples of one run travel several to a message when they queue up (fewer, larger messages):
+# at most COALESCE_SAMPLES of them and about COALESCE_BYTES per message.
+COALESCE_SAMPLES = 64
+COALESCE_BYTES = 1 << 20
 _HEAD = 4  # magic, sim_id, step, n_fields
 _FIELD = 2 + MAX_DIMS  # dtype code, ndim, shape[MAX_DIMS]
 
@@ -62,14 +68,26 @@ class Sample(NamedTuple):
     bare: bool = False
 
 
+def coalesce_limit(sample_bytes: int) -> int:
+    """How many samples of this size one message may carry (at least one)."""
+    return max(1, min(COALESCE_SAMPLES, COALESCE_BYTES // max(1, sample_bytes)))
+
+
 def _pad8(n: int) -> int:
     return (n + 7) & ~7
 
 
 def encode_sample(
-    sim_id: int, step: int, fields: tuple[np.ndarray, ...], bare: bool = False
+    sim_id: int,
+    step: int,
+    fields: tuple[np.ndarray, ...],
+    bare: bool = False,
+    alloc: Callable[[int], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Pack arrays into one contiguous uint8 buffer (a single copy of the data).
+
+    ``alloc(nbytes)`` gives the buffer to write into (e.g. a region of shared memory); by
+    default a new array.
 
     Raises ``TypeError``/``ValueError`` for what the wire cannot carry (object arrays, too many
     dimensions or fields), with a message meant for the author of the solver.
@@ -96,11 +114,13 @@ def encode_sample(
         header[off + 2 : off + 2 + a.ndim] = a.shape
         sizes.append(a.nbytes)
     total = header.nbytes + sum(_pad8(s) for s in sizes)
-    buf = np.empty(total, dtype=np.uint8)
+    buf = np.empty(total, dtype=np.uint8) if alloc is None else alloc(total)
     buf[: header.nbytes] = header.view(np.uint8)
     pos = header.nbytes
     for a, size in zip(arrays, sizes, strict=True):
         buf[pos : pos + size] = a.reshape(-1).view(np.uint8)
+        if _pad8(size) != size:
+            buf[pos + size : pos + _pad8(size)] = 0
         pos += _pad8(size)
     return buf
 

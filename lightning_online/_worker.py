@@ -8,8 +8,13 @@ reports an error, the worker tells the training rank how the run ended and start
 the next run. Only this module and ``_transport`` talk MPI.
 
 Tags (trainer <-> worker, all on the spawn intercommunicator):
-``TASK`` float64 [sim_id, *theta]; ``STOP`` empty; ``SAMPLE`` wire blob (see ``_wire``);
-``END`` run report (see ``_wire.encode_end``); ``BYE`` the worker is leaving; ``FATAL`` worker error.
+``TASK`` float64 [sim_id, *theta]; ``STOP`` empty; ``SAMPLES + k`` k wire blobs (see ``_wire``)
+of equal size back to back (samples that queued up travel together, at most
+``_wire.coalesce_limit(size)``); ``END`` run report (see ``_wire.encode_end``); ``BYE`` the worker
+is leaving; ``FATAL`` worker error.
+
+Samples are sent straight from the ring of shared memory the sandbox wrote them into
+(``_runner.Ring``): no copy in this process.
 """
 
 from __future__ import annotations
@@ -27,11 +32,22 @@ from typing import Any
 
 import numpy as np
 
-from lightning_online._runner import mpi_free_environ, read_frame, signal_name, write_frame
-from lightning_online._wire import encode_end
+from lightning_online._runner import (
+    REF,
+    Ring,
+    mpi_free_environ,
+    read_frame,
+    signal_name,
+    write_frame,
+)
+from lightning_online._wire import COALESCE_SAMPLES, coalesce_limit, encode_end
 
-TAG_TASK, TAG_STOP, TAG_SAMPLE, TAG_END, TAG_BYE, TAG_FATAL = range(11, 17)
+TAG_TASK, TAG_STOP, TAG_END, TAG_BYE, TAG_FATAL = range(11, 16)
+# A message of k samples (1 <= k <= COALESCE_SAMPLES) of equal size has tag TAG_SAMPLES + k.
+TAG_SAMPLES = 100
+TAG_SAMPLES_MAX = TAG_SAMPLES + COALESCE_SAMPLES
 _WINDOW = 16  # synchronous sends in flight per worker
+_NOTHING = object()  # no frame read ahead
 
 
 def describe_exit(code: int) -> str:
@@ -40,21 +56,43 @@ def describe_exit(code: int) -> str:
     return f"the solver process exited with code {code} before finishing the run"
 
 
+def _widen(fd: int) -> None:
+    """Give the sample pipe the largest capacity allowed (Linux: 1 MiB by default instead of
+    64 KiB): a large sample then crosses in one write instead of many context switches."""
+    try:
+        import fcntl
+
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, int(f.read()))
+    except (OSError, ValueError, AttributeError, ImportError):  # not Linux, or not allowed
+        pass
+
+
 class _Sandbox:
     """The solver's process and the two pipes to it."""
 
     def __init__(self, solver: bytes, python_path: list[str]) -> None:
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
+        _widen(self._from_child)
+        ring_fd = Ring.create()
+        self.ring = Ring(ring_fd)
         env = mpi_free_environ()  # a solver that imports mpi4py must not join this MPI job
         env["PYTHONPATH"] = os.pathsep.join(python_path)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lightning_online._runner", str(to_child_r), str(from_child_w)],
-            pass_fds=(to_child_r, from_child_w),
-            env=env,
-        )
+        fds = (to_child_r, from_child_w, ring_fd)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "lightning_online._runner", *map(str, fds)],
+                pass_fds=fds,
+                env=env,
+            )
+        except BaseException:
+            for fd in (*fds, self._to_child, self._from_child):
+                os.close(fd)
+            raise
         os.close(to_child_r)
         os.close(from_child_w)
+        os.close(ring_fd)
         self.out = os.fdopen(self._to_child, "wb")
         # Unbuffered, so that select() on the descriptor tells the truth about pending frames.
         self.inp = os.fdopen(self._from_child, "rb", buffering=0)
@@ -84,7 +122,8 @@ class Worker:
         self.sandbox: _Sandbox | None = None
         self._trainer = (config.get("host"), config.get("pid"))
         self._next_alive_check = 0.0
-        self._inflight: deque[tuple[Any, bytearray]] = deque()
+        # Sends in flight: (request, what it sends from, ring to release and up to where).
+        self._inflight: deque[tuple[Any, Any, Ring | None, int]] = deque()
 
     def _check_trainer(self) -> None:
         """Exit if the training process is gone (e.g. killed with SIGKILL).
@@ -107,23 +146,31 @@ class Worker:
         except PermissionError:
             pass
 
-    def _send_sample(self, payload: bytearray) -> None:
+    def _send(self, data: np.ndarray, k: int, ring: Ring | None = None, end: int = 0) -> None:
         """Synchronous sends, a few in flight: a send completes only once the trainer receives it,
-        so at most ``_WINDOW`` samples per worker are ahead of the trainer's buffer (backpressure),
-        while the window keeps the pipe full when there is room."""
+        so at most ``_WINDOW`` messages per worker are ahead of the trainer's buffer
+        (backpressure), while the window keeps the pipe full when there is room."""
         MPI = self.MPI
-        req = self.comm.Issend([np.frombuffer(payload, dtype=np.uint8), MPI.BYTE], 0, TAG_SAMPLE)
-        self._inflight.append((req, payload))
-        while self._inflight and self._inflight[0][0].Test():
-            self._inflight.popleft()
+        req = self.comm.Issend([data, MPI.BYTE], 0, TAG_SAMPLES + k)
+        self._inflight.append((req, data, ring, end))
+        self._reap()
         if len(self._inflight) > _WINDOW:
             self._wait(self._inflight[0][0])
-            self._inflight.popleft()
+            self._pop()
+
+    def _pop(self) -> None:
+        _, _, ring, end = self._inflight.popleft()
+        if ring is not None:
+            ring.release(end)  # the sandbox may write there again
+
+    def _reap(self) -> None:
+        while self._inflight and self._inflight[0][0].Test():
+            self._pop()
 
     def _flush(self) -> None:
         while self._inflight:
             self._wait(self._inflight[0][0])
-            self._inflight.popleft()
+            self._pop()
 
     def _wait(self, req: Any) -> None:
         """Poll a request without spinning a core in MPI progress (a full buffer can hold it for
@@ -137,6 +184,49 @@ class Worker:
             time.sleep(5e-5 if waited < 0.01 else self.poll)
             if waited > 0.01:
                 self._check_trainer()
+
+    def _ring_backpressure(self, box: _Sandbox) -> bool:
+        """Whether the solver may be waiting for ring space the trainer has not freed yet."""
+        if not self._inflight or self._inflight[-1][2] is None:
+            return False
+        return box.ring.used(self._inflight[-1][3]) > box.ring.size // 2
+
+    def _forward(self, box: _Sandbox, frame: tuple[bytes, bytearray]) -> tuple[int, Any]:
+        """Send sample frames (``R``/``S``) to the trainer, several per message when more are
+        already waiting in the pipe; returns (samples sent, the next frame read ahead or
+        ``_NOTHING``)."""
+        fd, ring = box.inp.fileno(), box.ring
+        sent = 0
+        nxt: Any = frame
+        while nxt is not None and nxt is not _NOTHING and nxt[0] in (b"R", b"S"):
+            kind, payload = nxt
+            if kind == b"R":
+                off, size, end = REF.unpack(payload)
+                limit, k, nxt = coalesce_limit(size), 1, _NOTHING
+                while k < limit and select.select([fd], [], [], 0)[0]:
+                    more = read_frame(box.inp)
+                    if more is not None and more[0] == b"R":
+                        o, n, e = REF.unpack(more[1])
+                        if n == size and o == off + k * size:  # next to the previous one
+                            k, end = k + 1, e
+                            continue
+                    nxt = more
+                    break
+                self._send(ring.data[off : off + k * size], k, ring, end)
+            else:
+                batch, size = [payload], len(payload)
+                limit, nxt = coalesce_limit(size), _NOTHING
+                while len(batch) < limit and select.select([fd], [], [], 0)[0]:
+                    more = read_frame(box.inp)
+                    if more is None or more[0] != b"S" or len(more[1]) != size:
+                        nxt = more
+                        break
+                    batch.append(more[1])
+                data = batch[0] if len(batch) == 1 else b"".join(batch)
+                k = len(batch)
+                self._send(np.frombuffer(data, dtype=np.uint8), k)
+            sent += k
+        return sent, nxt
 
     def _stop_requested(self) -> bool:
         return bool(self.comm.Iprobe(source=0, tag=TAG_STOP))
@@ -191,11 +281,15 @@ class Worker:
             # Only time spent waiting for the solver counts toward the timeout: time blocked in
             # a synchronous send is backpressure from a full buffer, not a slow solver.
             wait = 0.05
+            if self._inflight:  # hand ring space back promptly: the solver may wait for it
+                self._reap()
+                wait = 1e-3 if self._inflight else wait
             if self.run_timeout is not None:
                 wait = max(0.0, min(wait, self.run_timeout - busy))
             t0 = time.monotonic()
             readable = bool(select.select([fd], [], [], wait)[0])
-            busy += time.monotonic() - t0
+            if not self._ring_backpressure(box):
+                busy += time.monotonic() - t0
             if not readable:
                 if self.run_timeout is not None and busy >= self.run_timeout:
                     box.kill()
@@ -208,14 +302,16 @@ class Worker:
                     self.sandbox = None
                     return None
                 continue
-            frame = read_frame(box.inp)
+            frame: Any = read_frame(box.inp)
+            if frame is not None and frame[0] in (b"R", b"S"):
+                sent, frame = self._forward(box, frame)
+                steps += sent
+            if frame is _NOTHING:  # everything read was sent: back to waiting
+                continue
             if frame is None:
                 return self._crashed(sim_id, steps, busy)
             kind, payload = frame
-            if kind == b"S":
-                self._send_sample(payload)
-                steps += 1
-            elif kind == b"D":
+            if kind == b"D":
                 return encode_end(sim_id, True, steps, busy)
             else:
                 return encode_end(sim_id, False, steps, busy, payload.decode("utf-8", "replace"))

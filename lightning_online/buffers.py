@@ -5,6 +5,14 @@ training loop (consumer) calls :meth:`Buffer.ready` / :meth:`Buffer.wait_ready` 
 :meth:`Buffer.get`. Memory is bounded by ``capacity``: when there is no room the producer
 blocks, which stops it receiving and so back-pressures the solver runs. No policy drops a
 sample that was never served (``stats()["evicted"]`` stays 0).
+
+In a study the items are small integers, the indices of preallocated sample *slots*
+(``lightning_online._store``): a policy decides which slots to serve, never copies a sample.
+Two hooks let the owner of the slots recycle them: ``get(n, gather=...)`` runs ``gather`` on the
+chosen items while the lock is held (a concurrent ``put`` cannot overwrite a slot being read),
+and ``on_release(items)`` (an attribute, ``None`` by default) is called with every item that
+left the buffer (served by a consuming policy, or overwritten in a reservoir) once nobody reads
+it any more.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import abc
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -57,6 +66,9 @@ class Buffer(abc.ABC):
         self._cond = threading.Condition()
         self._closed = False
         self._received = self._served = self._evicted = self._unique = 0
+        #: Called (without the lock) with a list of items that left the buffer for good.
+        self.on_release: Callable[[list[Any]], None] | None = None
+        self._leaving: list[Any] = []
 
     # --- policy hooks (lock held) -------------------------------------------------
     @abc.abstractmethod
@@ -78,6 +90,24 @@ class Buffer(abc.ABC):
     @abc.abstractmethod
     def _counts(self) -> list[int]: ...
 
+    def _free(self) -> int:
+        """How many puts would succeed now (lock held); policies override it when they know."""
+        return 1 if self._room() else 0
+
+    def _release(self, item: Any) -> None:
+        """Policy hook (lock held): ``item`` left the buffer and will not be served again."""
+        self._leaving.append(item)
+
+    def _pop_released(self) -> list[Any]:
+        # Lock held, at the end of a put or get (after its gather): nobody reads these any more.
+        leaving, self._leaving = self._leaving, []
+        return leaving
+
+    def _notify_released(self, leaving: list[Any]) -> None:
+        # Without the lock, by the thread whose put or get released the items.
+        if leaving and self.on_release is not None:
+            self.on_release(leaving)
+
     # --- producer side (receiver thread) ---------------------------------------------
     def put(self, item: Any, timeout: float | None = None) -> bool:
         """Add ``item``, blocking while there is no room (backpressure).
@@ -94,12 +124,38 @@ class Buffer(abc.ABC):
             self._add(item)
             self._received += 1
             self._cond.notify_all()
-            return True
+            leaving = self._pop_released()
+        self._notify_released(leaving)
+        return True
+
+    def put_many(self, items: list[Any]) -> int:
+        """Add as many of ``items`` (in order) as there is room for now, without blocking;
+        returns how many were added. Raises RuntimeError if the buffer is closed."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"put on a closed {type(self).__name__} buffer")
+            added = 0
+            for item in items:
+                if not self._room():
+                    break
+                self._add(item)
+                added += 1
+            if added:
+                self._received += added
+                self._cond.notify_all()
+            leaving = self._pop_released()
+        self._notify_released(leaving)
+        return added
 
     def has_room(self) -> bool:
         """Whether a put would succeed now; the receiver stops receiving while False."""
         with self._cond:
             return not self._closed and self._room()
+
+    def free(self) -> int:
+        """How many puts in a row would succeed now (0 once closed)."""
+        with self._cond:
+            return 0 if self._closed else self._free()
 
     def close(self) -> None:
         """End of stream: refuse further puts, wake a blocked producer, let consumers drain."""
@@ -130,17 +186,24 @@ class Buffer(abc.ABC):
             self._cond.wait_for(lambda: self._closed or self._ready(n), timeout)
             return self._ready(n)
 
-    def get(self, n: int) -> list[Any]:
-        """Non-blocking: up to n items per policy, or [] if not ready(n)."""
+    def get(self, n: int, gather: Callable[[list[Any]], Any] | None = None) -> Any:
+        """Non-blocking: up to n items per policy, or [] if not ready(n).
+
+        With ``gather``, returns ``gather(items)`` computed while the lock is held (so that the
+        producer cannot reuse what the items refer to meanwhile), or None if not ready(n).
+        """
         n = self._check_n(n)
         with self._cond:
             if not self._ready(n):
-                return []
+                return [] if gather is None else None
             items, first = self._take(n)
             self._served += len(items)
             self._unique += first
+            out = items if gather is None else gather(items)
             self._cond.notify_all()  # room may have appeared for a blocked producer
-            return items
+            leaving = self._pop_released()
+        self._notify_released(leaving)
+        return out
 
     # --- introspection ---------------------------------------------------------------
     @property
@@ -202,6 +265,9 @@ class _Consuming(Buffer):
     def _n_unserved(self) -> int:
         return len(self._items)
 
+    def _free(self) -> int:
+        return self.capacity - len(self._items)
+
     def _add(self, item: Any) -> None:
         self._items.append(item)
 
@@ -218,6 +284,7 @@ class FIFO(_Consuming):
 
     def _take(self, n: int) -> tuple[list[Any], int]:
         out = [self._items.popleft() for _ in range(min(n, len(self._items)))]
+        self._leaving.extend(out)
         return out, len(out)
 
 
@@ -235,6 +302,7 @@ class FIRO(_Consuming):
         for p in sorted(picks, reverse=True):  # swap-with-last; higher picks go first
             items[p] = items[-1]
             items.pop()
+        self._leaving.extend(out)
         return out, len(out)
 
 
@@ -270,6 +338,9 @@ class Reservoir(Buffer):
     def _room(self) -> bool:
         return len(self._items) < self.capacity or bool(self._seen)
 
+    def _free(self) -> int:
+        return self.capacity - len(self._items) + len(self._seen)
+
     def _n_unserved(self) -> int:
         return len(self._fresh)
 
@@ -281,6 +352,7 @@ class Reservoir(Buffer):
             self._count.append(0)
             return
         pos = self._seen[int(self._rng.integers(len(self._seen)))]  # already served: no loss
+        self._release(self._items[pos])
         self._items[pos], self._count[pos] = item, 0
         self._move(pos, self._seen, self._fresh)
 

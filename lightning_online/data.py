@@ -35,7 +35,6 @@ from lightning_online._capture import (
 from lightning_online._dist import Group
 from lightning_online._study import Run, Study, StudyError
 from lightning_online._transport import WorkerPool
-from lightning_online._wire import Sample
 from lightning_online.buffers import Buffer, Reservoir
 from lightning_online.sampling import Halton, ParameterSpace, Sampler, Uniform
 
@@ -58,13 +57,6 @@ _STATS_KEYS = (
     "mean_reuse",
     "buffer_fill",
 )
-
-
-def _collate(items: list[Sample]) -> torch.Tensor | list[torch.Tensor]:
-    """Stack each field over the batch: ``(x, y)`` samples give ``[X, Y]``, bare arrays a tensor."""
-    n = len(items[0].fields)
-    out = [torch.from_numpy(np.stack([s.fields[i] for s in items])) for i in range(n)]
-    return out[0] if items[0].bare else out
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -130,6 +122,9 @@ class OnlineDataModule(pl.LightningDataModule):
         poll_interval: longest sleep (seconds) of the receiver thread between two looks for
             messages; it polls faster while samples flow. Each wake costs the training thread
             the GIL, so shorter is not better.
+        pin_memory: gather batches into page-locked (pinned) memory, so that Lightning's
+            ``non_blocking`` copy to the GPU overlaps compute. ``None`` (default): pin when
+            CUDA is available.
     """
 
     def __init__(
@@ -149,6 +144,7 @@ class OnlineDataModule(pl.LightningDataModule):
         max_retries: int = 1,
         max_failed_fraction: float = 0.5,
         poll_interval: float = 5e-3,
+        pin_memory: bool | None = None,
     ) -> None:
         super().__init__()
         if not callable(solver):
@@ -195,6 +191,9 @@ class OnlineDataModule(pl.LightningDataModule):
             raise ValueError(f"max_failed_fraction must be in (0, 1], got {max_failed_fraction!r}")
         self.max_failed_fraction = float(max_failed_fraction)
         self.poll_interval = float(poll_interval)
+        if pin_memory is not None and not isinstance(pin_memory, bool):
+            raise ValueError(f"pin_memory must be True, False or None, got {pin_memory!r}")
+        self.pin_memory = pin_memory
 
         self._study: Study | None = None
         self._pool: WorkerPool | None = None
@@ -318,6 +317,13 @@ class OnlineDataModule(pl.LightningDataModule):
             max_failed_fraction=self.max_failed_fraction,
             group=group,
         )
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        if pin and not torch.cuda.is_available():
+            raise RuntimeError(
+                "pin_memory=True needs CUDA (page-locked memory is a CUDA feature); "
+                "leave pin_memory=None to pin only when a GPU is there"
+            )
+        self._study.pin_memory = pin
         self._pool = WorkerPool(
             self._solver_bytes,
             self.n_workers,
@@ -448,7 +454,7 @@ class OnlineDataModule(pl.LightningDataModule):
                     self.trainer.should_stop = True
                 return
             if decision.serve:
-                yield _collate(study.take())
+                yield study.take()
             else:
                 study.buffer.wait_ready(min(self.batch_size, study.buffer.capacity), wait)
 

@@ -27,6 +27,7 @@ from lightning_online import (
     StudyError,
     Uniform,
 )
+from lightning_online._wire import COALESCE_SAMPLES
 from lightning_online.solvers import Heat2D, heat2d_space
 
 HERE = Path(__file__).parent
@@ -157,7 +158,9 @@ def test_backpressure_bounds_memory_and_blocks_solvers():
     assert tr.global_step == 20
     # Lightning fetches one batch ahead: at most one batch more was served than trained on.
     assert 160 <= stats["samples_served"] <= 168
-    assert stats["samples_received"] <= stats["samples_served"] + 32
+    # The buffer holds 32; one message of several samples may overshoot it by its size (the
+    # store's spare slots, preallocated), never more.
+    assert stats["samples_received"] <= stats["samples_served"] + 32 + COALESCE_SAMPLES
     assert stats["completed"] == 0  # the runs were stopped, not finished
     assert not any(r.status == "running" for r in dm.runs.values())
 

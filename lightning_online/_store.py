@@ -1,0 +1,185 @@
+"""Preallocated sample memory of one training rank: fixed-size slots, written once, gathered into
+batches with one vectorised copy per field.
+
+Where code runs: :meth:`SlotStore.configure`, :meth:`SlotStore.check` and :meth:`SlotStore.write`
+in the receiver thread (``_transport`` / ``_hub``); :meth:`SlotStore.gather` in the training
+thread, inside the buffer's lock (``Buffer.get(n, gather=...)``), so that a slot is never
+rewritten while it is read; :meth:`SlotStore.release` from whichever thread's buffer call let a
+slot go.
+
+A slot holds one sample exactly as it travels (the ``_wire`` format: an int64 header, then each
+field's raw bytes), so a message lands with one ``memcpy`` and the header keeps the sample's run
+and time step for the steering callback. All samples of a study share one signature (field count,
+dtypes, shapes: checked at the door), so the slot size is fixed by the first sample and every
+field sits at the same offset in every slot: field *i* of all slots is one strided array, and a
+batch is ``torch.index_select`` of that array along its first axis, written straight into the
+batch tensor (pinned, when batches go to a GPU). Nothing is allocated per sample, and the memory
+is allocated once, by one thread, so it neither grows nor fragments over a long stream.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import numpy as np
+import torch
+
+from lightning_online._wire import DTYPES, MAX_DIMS, coalesce_limit, describe, signature
+
+__all__ = ["SlotStore"]
+
+_FIELD = 2 + MAX_DIMS  # int64 words per field in the wire header (see _wire)
+_HEAD = 4
+
+
+def _pad(n: int, k: int = 16) -> int:
+    return -(-n // k) * k
+
+
+class SlotStore:
+    """Slots for ``capacity`` samples of the size of the first one, plus ``spare`` slots for one
+    message's worth beyond the buffer's room, and a free list of slot indices."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.n_slots = self.spare = 0  # fixed by the first sample
+        self.size = 0  # bytes of one sample, fixed by the first
+        self.bare = False
+        self.signature: tuple[int, ...] | None = None
+        self.mem: np.ndarray | None = None
+        self._template: np.ndarray | None = None  # the header words that must match
+        self._fields: list[tuple[np.dtype, tuple[int, ...], int]] = []  # dtype, shape, offset
+        self._views: list[torch.Tensor] = []  # field i of every slot: (n_slots, *shape)
+        self._float: list[int] = []  # fields that must be finite
+        self._free: deque[int] = deque()  # append/popleft are atomic: no lock needed
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ receiver thread
+    @property
+    def configured(self) -> bool:
+        return self.mem is not None
+
+    def configure(self, blob: np.ndarray) -> None:
+        """Fix the layout from the study's first sample and allocate the memory (once)."""
+        head = np.frombuffer(blob, dtype=np.int64, count=_HEAD)
+        n_fields = int(head[3])
+        header = np.frombuffer(blob, dtype=np.int64, count=_HEAD + _FIELD * n_fields).copy()
+        pos = header.nbytes
+        fields = []
+        for i in range(n_fields):
+            off = _HEAD + _FIELD * i
+            dtype = DTYPES[int(header[off])]
+            shape = tuple(int(s) for s in header[off + 2 : off + 2 + int(header[off + 1])])
+            fields.append((dtype, shape, pos))
+            pos += -(-int(np.prod(shape, dtype=object)) * dtype.itemsize // 8) * 8
+        size = int(blob.nbytes)
+        self.spare = coalesce_limit(size)
+        self.n_slots = self.capacity + self.spare
+        stride = _pad(size)  # a multiple of every itemsize (complex128 included)
+        try:
+            mem = np.empty((self.n_slots, stride), dtype=np.uint8)
+        except MemoryError as exc:
+            raise MemoryError(
+                f"cannot allocate {self.n_slots} sample slots of {size} bytes "
+                f"({self.n_slots * stride / 2**30:.1f} GiB): lower the buffer's capacity"
+            ) from exc
+        views = []
+        for dtype, shape, offset in fields:
+            nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            arr = mem[:, offset : offset + nbytes].view(dtype).reshape(self.n_slots, *shape)
+            views.append(torch.from_numpy(arr))
+        self._template = header
+        self._fields = fields
+        self._views = views
+        self._float = [i for i, (dt, _, _) in enumerate(fields) if dt.kind in "fc"]
+        self.bare = bool(head[0] == 0x4C4F4E42)  # _wire.MAGIC_BARE
+        self.signature = (self.bare, *signature(header))
+        self.size = size
+        self._free = deque(range(self.n_slots))
+        self.mem = mem
+
+    def check(self, blobs: np.ndarray) -> tuple[int, str] | None:
+        """``(row, reason)`` of the first of ``blobs`` (``(k, size)`` uint8, one run's samples in
+        step order) that does not fit this study's samples, or None when they all do."""
+        assert self._template is not None
+        if blobs.shape[1] != self.size:
+            return 0, self._mismatch(blobs[0])
+        t = self._template
+        head = blobs[:, : t.nbytes].view(np.int64)
+        bad = (head[:, 0] != t[0]) | (head[:, 3:] != t[3:]).any(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            return row, self._mismatch(blobs[row])
+        for i in self._float:
+            dtype, shape, offset = self._fields[i]
+            nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            data = blobs[:, offset : offset + nbytes].view(dtype)
+            finite = np.isfinite(data).all(axis=1)
+            if not finite.all():
+                row = int(np.argmin(finite))
+                step = int(head[row, 2])
+                return row, f"step {step}: field {i} contains NaN or Inf"
+        return None
+
+    def _mismatch(self, blob: np.ndarray) -> str:
+        from lightning_online._wire import decode_sample
+
+        assert self.signature is not None
+        try:
+            s = decode_sample(blob)
+            got, step = describe(s.signature), s.step
+        except ValueError as exc:
+            return f"a sample could not be decoded ({exc})"
+        return (
+            f"step {step} yielded {got}, but the study's samples are "
+            f"{describe(self.signature)} (shape or dtype changed)"
+        )
+
+    @property
+    def n_free(self) -> int:
+        return len(self._free)
+
+    def take_free(self) -> int:
+        """A free slot, now owned by the caller (give it back with :meth:`release`)."""
+        return self._free.popleft()
+
+    def write(self, blobs: np.ndarray) -> list[int]:
+        """Copy ``(k, size)`` samples into k free slots (one vectorised copy); their indices."""
+        assert self.mem is not None
+        k = len(blobs)
+        pop = self._free.popleft
+        idx = [pop() for _ in range(k)]
+        if k == 1:
+            self.mem[idx[0], : self.size] = blobs[0]
+        else:
+            self.mem[idx, : self.size] = blobs
+        return idx
+
+    # ------------------------------------------------------------------ either thread
+    def release(self, idx: list[int]) -> None:
+        """These slots hold nothing anyone will read again."""
+        self._free.extend(idx)
+
+    # ------------------------------------------------------------------ training thread
+    def ids(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Simulation ids and time steps of the samples in slots ``idx``."""
+        assert self.mem is not None
+        head = self.mem[idx, 8:24].view(np.int64)
+        return head[:, 0].copy(), head[:, 1].copy()
+
+    def gather(self, idx: np.ndarray, pin: bool = False) -> list[torch.Tensor]:
+        """A batch: field i of slots ``idx``, stacked, one new tensor per field (pinned if asked)."""
+        index = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+        out = []
+        for view in self._views:
+            dst = torch.empty((len(index), *view.shape[1:]), dtype=view.dtype, pin_memory=pin)
+            torch.index_select(view, 0, index, out=dst)
+            out.append(dst)
+        return out
+
+    def read(self, slot: int) -> tuple[np.ndarray, ...]:
+        """Copies of the fields of one slot (for tests and diagnostics)."""
+        return tuple(v[slot].numpy().copy() for v in self._views)
