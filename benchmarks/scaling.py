@@ -545,6 +545,33 @@ def main() -> None:
         )
     )
 
+    # the same sizes through raw mpi4py, in this run: what the study's ingest is worth
+    from transport import raw
+
+    ingest = {}
+    for b in sizes:
+        raws = [raw(b, max(50, min(2000, int(2e9 // b)))) for _ in range(a.repeats)]
+        ingest[b] = {
+            "raw_MBps": summary([r / 1e6 for r in raws]),
+            "study_MBps": best[b]["MBps"]["median"],
+            "ratio": best[b]["MBps"]["median"] * 1e6 / float(np.median(raws)),
+        }
+    print("\nend-to-end ingest into one rank (a whole study, the best run count) / raw mpi4py:")
+    print(
+        table(
+            [
+                [
+                    f"{b / 1024:g} KB",
+                    f"{v['study_MBps']:.0f}",
+                    f"{v['raw_MBps']['median']:.0f}",
+                    f"{v['ratio']:.2f}",
+                ]
+                for b, v in ingest.items()
+            ],
+            ["sample", "study MB/s", "raw mpi4py MB/s", "ratio"],
+        )
+    )
+
     # (3) external programs -------------------------------------------------------------------
     n_floats = max(8, int(a.sample_kb * 256))
     program = [sys.executable, CLIENT, "--steps", str(a.ext_steps), "--floats", str(n_floats)]
@@ -643,6 +670,7 @@ def main() -> None:
         "rate_vs_runs": rows,
         "saturation_runs": saturated,
         "max_rate": max_rows,
+        "ingest_vs_raw": ingest,
         "R_max_samples_per_s": {
             str(b): {"rate": r, "from": src}
             for b, r, src in zip(sizes, r_meas, source, strict=True)

@@ -19,8 +19,10 @@ is allocated once, by one thread, so it neither grows nor fragments over a long 
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -35,6 +37,33 @@ _HEAD = 4
 
 def _pad(n: int, k: int = 16) -> int:
     return -(-n // k) * k
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+_TRIM = _malloc_trim()
+TRIM_EVERY = 64  # batches
+
+
+def trim_heap() -> None:
+    """Give free heap memory back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    A stream makes the allocator's free memory creep where a fixed data set does not: batches
+    and messages are made and freed by two threads, in an order that leaves holes, and glibc
+    keeps the holes resident. Measured (benchmarks/memory.py, 40 buffer capacities streamed):
+    RSS grew by 44-102 % of the buffer's size; trimming every 256 batches brought the growth
+    to -16..-9 % with peaks up to 33 %, so it trims every 64 (~1 ms per trim, ~15 us per
+    batch)."""
+    if _TRIM is not None:
+        _TRIM()
 
 
 class SlotStore:
@@ -117,7 +146,13 @@ class SlotStore:
             dtype, shape, offset = self._fields[i]
             nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
             data = blobs[:, offset : offset + nbytes].view(dtype)
-            finite = np.isfinite(data).all(axis=1)
+            if dtype.kind == "c":
+                data = data.view(data.real.dtype)
+            # max and min propagate NaN and show +-Inf, with temporaries of k values only
+            # (a message's isfinite mask would allocate as much as its data on every message)
+            finite = np.isfinite(data.max(axis=1, initial=-np.inf)) & np.isfinite(
+                data.min(axis=1, initial=np.inf)
+            )
             if not finite.all():
                 row = int(np.argmin(finite))
                 step = int(head[row, 2])
@@ -175,7 +210,8 @@ class SlotStore:
         index = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         out = []
         for view in self._views:
-            dst = torch.empty((len(index), *view.shape[1:]), dtype=view.dtype, pin_memory=pin)
+            shape = (len(index), *view.shape[1:])
+            dst = torch.empty(shape, dtype=view.dtype, pin_memory=pin)
             torch.index_select(view, 0, index, out=dst)
             out.append(dst)
         return out

@@ -22,14 +22,14 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from lightning_online._dist import Group
-from lightning_online._store import SlotStore
+from lightning_online._store import TRIM_EVERY, SlotStore, trim_heap
 from lightning_online._wire import decode_sample
 from lightning_online.buffers import Buffer
 from lightning_online.sampling import ParameterSpace, Sampler
@@ -59,42 +59,110 @@ class Run:
 
 
 class Decision(NamedTuple):
-    serve: bool
+    batches: int  # how many batches every rank serves before the next agreement (0: wait)
     finish: bool
     stats: dict[str, float]
 
 
-# Columns of the per-rank vector gathered at every sync.
-_COLS = (
-    "completed",
-    "running",
+@dataclass
+class Counters:
+    """The study's counters, defined once: the field names are the keys of ``dm.stats``; each
+    rank's are gathered as one int64 vector at every sync (with the agreement's columns,
+    :data:`AGREEMENT`) and summed over ranks; all but ``running`` are saved in checkpoints and
+    carried over by a resumed study."""
+
+    launched: int = 0
+    completed: int = 0
+    failed: int = 0
+    running: int = 0
+    samples_received: int = 0
+    samples_rejected: int = 0
+    samples_served: int = 0
+    samples_replayed: int = 0
+
+    def vector(self) -> list[int]:
+        return [getattr(self, name) for name in COUNTERS]
+
+
+COUNTERS: tuple[str, ...] = tuple(f.name for f in fields(Counters))
+SAVED = tuple(name for name in COUNTERS if name != "running")
+#: What ranks also exchange at every sync to agree (not counters of the study).
+AGREEMENT = (
     "permits",
     "pending",
     "retry",
-    "failed",
-    "launched",
-    "samples_received",
-    "samples_rejected",
-    "samples_served",
-    "samples_replayed",
     "ready",
+    "batches",
+    "every",
     "exhausted",
     "has_last",
     "buffer_size",
     "unique_served",
     "error",
 )
-_C = {name: i for i, name in enumerate(_COLS)}
-# Counters carried over from a checkpoint when a study resumes.
-_RESUMED = (  # "completed" first
-    "completed",
-    "failed",
-    "launched",
-    "samples_received",
-    "samples_rejected",
-    "samples_served",
-    "samples_replayed",
-)
+_C = {name: i for i, name in enumerate((*COUNTERS, *AGREEMENT))}
+#: The keys of ``dm.stats``: the counters, then two ratios derived from the gathered vector.
+STATS_KEYS = (*COUNTERS, "mean_reuse", "buffer_fill")
+
+
+# ---------------------------------------------------------------------- the agreement, pure
+# Every rank calls these with the same gathered columns (one entry per rank), so every rank
+# takes the same decisions without another message.
+
+
+def grant_permits(remaining: int, held: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """Launch permits for each rank out of the ``remaining`` budget: one at a time to the rank
+    that holds the fewest runs (``held``: completed + running + permits) among those with
+    ``room`` left, so that a small budget is spread over every rank (a rank that never gets a
+    run has nothing to train on) and fast ranks take more."""
+    grants = np.zeros(len(held), dtype=np.int64)
+    room = np.asarray(room, dtype=np.int64)
+    while remaining > 0 and (room > grants).any():
+        r = int(np.argmin(np.where(room > grants, held + grants, np.iinfo(np.int64).max)))
+        grants[r] += 1
+        remaining -= 1
+    return grants
+
+
+#: Most batches served between two agreements.
+MAX_EVERY = 16
+#: The agreement may take this share of the training time; above it, ranks agree less often.
+SYNC_SHARE = 0.02
+
+
+def serve_or_finish(
+    batches: np.ndarray,
+    exhausted: np.ndarray,
+    has_last: np.ndarray,
+    complete: bool,
+    every: int = 1,
+) -> tuple[int, bool]:
+    """``(n, finish)``, the same on every rank: all ranks serve ``n`` batches before they agree
+    again (``batches[r]``: how many rank r can serve in a row without new samples; a rank that
+    has drained repeats its last batch), at most ``every``; n = 0 when one rank has none. All
+    stop together once the study is complete and every buffer is drained, or when a drained rank
+    has nothing to repeat."""
+    batches = np.asarray(batches, dtype=np.int64)
+    exhausted, has_last = (np.asarray(v, dtype=bool) for v in (exhausted, has_last))
+    finish = bool((complete and exhausted.all()) or (exhausted & ~has_last).any())
+    can = np.where(exhausted & has_last, every, np.minimum(batches, every))
+    return (0 if finish else max(0, int(can.min()))), finish
+
+
+def batches_per_agreement(sync_s: float, batch_s: float) -> int:
+    """How many batches to serve between agreements so that the agreement (``sync_s`` seconds)
+    costs at most ``SYNC_SHARE`` of the training time (``batch_s`` seconds per batch)."""
+    if sync_s <= 0 or batch_s <= 0:
+        return 1
+    return int(min(MAX_EVERY, max(1, np.ceil(sync_s / (SYNC_SHARE * batch_s)))))
+
+
+def is_starved(
+    complete: bool, remaining: int, ready: bool, running: int, permits: int, granted: int
+) -> bool:
+    """A rank that holds no run and no permit once every permit is out will never receive
+    again: it drains what it has instead of waiting for a watermark it cannot reach."""
+    return not complete and remaining == 0 and not ready and running == 0 and permits + granted == 0
 
 
 class Study:
@@ -140,23 +208,23 @@ class Study:
         self.val_samples: dict[int, list[Any]] = {}
         self._next_local = 0
         self.permits = 0
-        self.running = 0
-        self.completed = 0
-        self.failed = 0
-        self.launched = 0
-        self.received = 0
-        self.rejected = 0
-        self.served = 0
-        self.replayed = 0
+        self.count = Counters()  # this rank's, this session's
         self._rejected_sims: dict[int, str] = {}
         self.failures: list[Run] = []
         self._last: tuple[list[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None
+        self._taken = 0
         # Bounded: without a consumer (no steering callback) it must not grow with the stream.
         self.batch_info: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=64)
         self.stats: dict[str, float] = {}
         self.complete = False
+        # The cost of the agreement against the time spent per batch between two agreements
+        # (moving averages), from which this rank proposes how often to agree.
+        self._sync_s = self._batch_s = 0.0
+        self._sync_end = 0.0
+        self._granted_batches = 0
+        self.every = 1
         # What a resumed study inherits from its checkpoint (identical on every rank).
-        self.base: dict[str, int] = dict.fromkeys(_RESUMED, 0)
+        self.base = Counters()
         self._restored_launched: list[tuple[float, np.ndarray]] = []
         self.restored_completed: list[tuple[int, list[float]]] = []
         self.failures_before: list[Any] = []
@@ -168,7 +236,7 @@ class Study:
             if self._val_queue:
                 sim_id, theta = self._val_queue.popleft()
                 self.runs[sim_id] = Run(sim_id, theta, 0, self.group.rank, validation=True)
-                self.running += 1
+                self.count.running += 1
                 return sim_id, theta
             if self.permits <= 0:
                 return None
@@ -181,8 +249,8 @@ class Study:
             sim_id = self.group.rank + self.group.size * self._next_local
             self._next_local += 1
             self.permits -= 1
-            self.running += 1
-            self.launched += 1
+            self.count.running += 1
+            self.count.launched += 1
             self.runs[sim_id] = Run(sim_id, theta, attempt, self.group.rank)
             return sim_id, theta
 
@@ -244,7 +312,7 @@ class Study:
             return
         if blobs.shape[1] < 32:
             with self._lock:
-                self.rejected += k
+                self.count.samples_rejected += k
             log.warning("dropped %d malformed sample message(s) of %d bytes", k, blobs.shape[1])
             return
         sims = blobs[:, 8:16].view(np.int64)[:, 0]
@@ -258,7 +326,7 @@ class Study:
         run = self.runs.get(sim_id)
         if run is None or sim_id in self._rejected_sims or run.status != "running":
             with self._lock:
-                self.rejected += k
+                self.count.samples_rejected += k
             return
         if run.validation:
             for blob in blobs:
@@ -278,12 +346,12 @@ class Study:
         with self._lock:
             if bad is not None:
                 self._rejected_sims[sim_id] = bad[1]
-                self.rejected += k - len(good)
+                self.count.samples_rejected += k - len(good)
             if self.buffer.closed:  # the study ended meanwhile: nothing more is taken
                 store.release(slots)
-                self.rejected += len(slots)
+                self.count.samples_rejected += len(slots)
                 return
-            self.received += len(slots)
+            self.count.samples_received += len(slots)
             kept.extend(slots)
             if self._stash:
                 self._stash.extend(slots)
@@ -294,7 +362,7 @@ class Study:
     def on_end(self, sim_id: int, ok: bool, n_steps: int, seconds: float, reason: str) -> None:
         with self._lock:
             run = self.runs[sim_id]
-            self.running -= 1
+            self.count.running -= 1
             if sim_id in self._rejected_sims:
                 ok, reason = False, self._rejected_sims.pop(sim_id)
             run.n_steps = n_steps
@@ -303,10 +371,10 @@ class Study:
                 return
             if ok:
                 run.status = "completed"
-                self.completed += 1
+                self.count.completed += 1
                 return
             run.status, run.reason = "failed", reason
-            self.failed += 1
+            self.count.failed += 1
             self.failures.append(run)
             # The failed run gives its permit back: it is retried, or its parameters redrawn.
             self.permits += 1
@@ -329,26 +397,21 @@ class Study:
         b, n = self.buffer, self.batch_size
         with self._lock:
             ready = b.ready(min(n, b.capacity))
+            agreement = [
+                self.permits,
+                len(self._pending),
+                len(self._retry),
+                ready,
+                b.ready_batches(min(n, b.capacity), MAX_EVERY),
+                self.every,
+                b.exhausted,
+                self._last is not None,
+                len(b),
+                b.stats()["unique_served"],
+                error,
+            ]
             return np.array(
-                [
-                    self.completed,
-                    self.running,
-                    self.permits,
-                    len(self._pending),
-                    len(self._retry),
-                    self.failed,
-                    self.launched,
-                    self.received,
-                    self.rejected,
-                    self.served,
-                    self.replayed,
-                    ready,
-                    b.exhausted,
-                    self._last is not None,
-                    len(b),
-                    b.stats()["unique_served"],
-                    error,
-                ],
+                self.count.vector() + agreement,
                 dtype=np.int64,
             )
 
@@ -356,23 +419,15 @@ class Study:
         m = self.group.all_gather(self._snapshot(error))
         col = {name: m[:, i] for name, i in _C.items()}
         tot = {name: int(v.sum()) for name, v in col.items()}
-        for name, value in self.base.items():
-            tot[name] += value
-        self.stats = {
-            "launched": tot["launched"],
-            "completed": tot["completed"],
-            "failed": tot["failed"],
-            "running": tot["running"],
-            "samples_received": tot["samples_received"],
-            "samples_rejected": tot["samples_rejected"],
-            "samples_served": tot["samples_served"],
-            "samples_replayed": tot["samples_replayed"],
-            "mean_reuse": tot["samples_served"] / tot["unique_served"]
-            if tot["unique_served"]
-            else 0.0,
-            "buffer_fill": float(col["buffer_size"].sum())
-            / float(self.buffer.capacity * self.group.size),
-        }
+        for name in COUNTERS:
+            tot[name] += getattr(self.base, name)
+        self.stats = {name: tot[name] for name in COUNTERS}
+        self.stats["mean_reuse"] = (
+            tot["samples_served"] / tot["unique_served"] if tot["unique_served"] else 0.0
+        )
+        self.stats["buffer_fill"] = float(col["buffer_size"].sum()) / float(
+            self.buffer.capacity * self.group.size
+        )
         return col, tot
 
     def gather_stats(self) -> dict[str, float]:
@@ -382,7 +437,15 @@ class Study:
 
     def sync(self, error: bool = False) -> Decision:
         """One agreement round between all ranks (a single all-gather of a few integers)."""
+        t0 = time.perf_counter()
+        if self._granted_batches and self._sync_end:
+            per_batch = (t0 - self._sync_end) / self._granted_batches
+            self._batch_s = (
+                per_batch if not self._batch_s else 0.8 * self._batch_s + 0.2 * per_batch
+            )
         col, tot = self._gather(error)
+        took = time.perf_counter() - t0
+        self._sync_s = took if not self._sync_s else 0.8 * self._sync_s + 0.2 * took
         if tot["error"]:
             raise StudyError(
                 "the solver workers failed on rank(s) "
@@ -394,15 +457,10 @@ class Study:
         # ranks with the fewest runs first, up to two runs' worth per worker so that a worker
         # that finishes finds its next run waiting.
         held = col["completed"] + col["running"] + col["permits"]
-        remaining = self.n_simulations - self.base["completed"] - int(held.sum())
-        grants = np.zeros(self.group.size, dtype=np.int64)
+        remaining = self.n_simulations - self.base.completed - int(held.sum())
         room = np.maximum(0, 2 * self.n_workers - col["running"] - col["permits"])
-        # One permit at a time to the rank holding the fewest, so that a small budget is
-        # spread over every rank (a rank that never gets a run has nothing to train on).
-        while remaining > 0 and (room > grants).any():
-            r = int(np.argmin(np.where(room > grants, held + grants, np.iinfo(np.int64).max)))
-            grants[r] += 1
-            remaining -= 1
+        grants = grant_permits(remaining, held, room)
+        remaining -= int(grants.sum())
         want = np.maximum(0, col["permits"] + grants - col["pending"] - col["retry"])
         mine: list[tuple[np.ndarray, bool]] = []
         if want.sum() > 0:
@@ -424,25 +482,27 @@ class Study:
         if complete and not self.complete:
             self.complete = True
             self._close_buffer()
-        # A rank that holds no run and no permit once every permit is out will never receive
-        # again: let it drain what it has instead of waiting for a watermark it cannot reach.
-        starved = (
-            not complete
-            and remaining == 0
-            and not col["ready"][me]
-            and col["running"][me] == 0
-            and col["permits"][me] + grants[me] == 0
+        starved = is_starved(
+            complete,
+            remaining,
+            bool(col["ready"][me]),
+            int(col["running"][me]),
+            int(col["permits"][me]),
+            int(grants[me]),
         )
         if starved and not self.buffer.closed:
             self._close_buffer()
         if self.pool is not None and (grants[me] or len(mine)):
             self.pool.wake()
 
-        exhausted, has_last = col["exhausted"].astype(bool), col["has_last"].astype(bool)
-        can_serve = col["ready"].astype(bool) | (exhausted & has_last)
-        finish = bool((complete and exhausted.all()) or (exhausted & ~has_last).any())
-        serve = bool(can_serve.all()) and not finish
-        return Decision(serve, finish, self.stats)
+        every = int(col["every"].max())  # the same on every rank
+        n, finish = serve_or_finish(
+            col["batches"], col["exhausted"], col["has_last"], complete, every
+        )
+        self.every = batches_per_agreement(self._sync_s, self._batch_s)
+        self._granted_batches = n
+        self._sync_end = time.perf_counter()
+        return Decision(n, finish, self.stats)
 
     def _check_failures(self, tot: dict[str, int]) -> None:
         failed, launched = tot["failed"], max(1, tot["launched"])
@@ -479,13 +539,16 @@ class Study:
         with self._lock:
             if got is not None:
                 self._last = got
-                self.served += len(got[1][0])
+                self.count.samples_served += len(got[1][0])
             else:  # exhausted while others still serve: repeat the last batch (documented)
                 assert self._last is not None
                 got = self._last
-                self.replayed += len(got[1][0])
+                self.count.samples_replayed += len(got[1][0])
         tensors, info = got
         self.batch_info.append(info)
+        self._taken += 1
+        if self._taken % TRIM_EVERY == 0:
+            trim_heap()  # memory stays flat over a long stream (see trim_heap)
         return tensors[0] if store.bare else tensors
 
     # ------------------------------------------------------------------ validation runs
@@ -542,14 +605,7 @@ class Study:
                 ],
                 "launched": [(t, th.tolist()) for t, th in self.launched_parameters()],
                 "max_id": max(self.runs, default=-1),
-                "counters": {
-                    "failed": self.failed,
-                    "launched": self.launched,
-                    "samples_received": self.received,
-                    "samples_rejected": self.rejected,
-                    "samples_served": self.served,
-                    "samples_replayed": self.replayed,
-                },
+                "counters": {name: getattr(self.count, name) for name in SAVED},
             }
         parts = self.group.all_gather_object(local)
         merged: dict[str, Any] = {"completed": [], "unfinished": [], "failures": []}
@@ -561,8 +617,11 @@ class Study:
         launched = {(t, tuple(th)) for p in parts for t, th in p["launched"]}
         merged["launched"] = [(t, list(th)) for t, th in sorted(launched)]
         merged["next_id"] = max(p["max_id"] for p in parts) + 1
-        counters = {k: self.base[k] + sum(p["counters"][k] for p in parts) for k in _RESUMED[1:]}
-        counters["completed"] = self.base["completed"] + len(merged["completed"])
+        counters = {
+            k: getattr(self.base, k) + sum(p["counters"].get(k, 0) for p in parts) for k in SAVED
+        }
+        # completed runs are counted from the ledger (a run in flight at the save is not)
+        counters["completed"] = self.base.completed + len(merged["completed"])
         merged["counters"] = counters
         merged["completed"] = self.restored_completed + merged["completed"]
         merged["failures"] = self.failures_before + merged["failures"]
@@ -572,7 +631,7 @@ class Study:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue a study from :meth:`export`'s state (on every rank, before training starts)."""
         with self._lock:
-            self.base = {k: int(state["counters"].get(k, 0)) for k in _RESUMED}
+            self.base = Counters(**{k: int(state["counters"].get(k, 0)) for k in SAVED})
             self.restored_completed = [(i, list(t)) for i, t in state["completed"]]
             self._restored_launched = [(t, np.asarray(th)) for t, th in state["launched"]]
             self.next_id_floor = int(state["next_id"])

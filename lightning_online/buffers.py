@@ -94,6 +94,11 @@ class Buffer(abc.ABC):
         """How many puts would succeed now (lock held); policies override it when they know."""
         return 1 if self._room() else 0
 
+    def _ready_batches(self, n: int, limit: int) -> int:
+        """How many gets of n in a row would serve now, without puts (lock held), at most
+        ``limit``; policies override it when they know (the default is safe: 0 or 1)."""
+        return 1 if self._ready(n) else 0
+
     def _release(self, item: Any) -> None:
         """Policy hook (lock held): ``item`` left the buffer and will not be served again."""
         self._leaving.append(item)
@@ -178,6 +183,13 @@ class Buffer(abc.ABC):
         n = self._check_n(n)
         with self._cond:
             return self._ready(n)
+
+    def ready_batches(self, n: int, limit: int) -> int:
+        """How many ``get(n)`` in a row would serve now even if nothing is put meanwhile (at
+        most ``limit``): what a rank can promise the others for the next ``limit`` batches."""
+        n = self._check_n(n)
+        with self._cond:
+            return max(0, min(limit, self._ready_batches(n, limit)))
 
     def wait_ready(self, n: int, timeout: float) -> bool:
         """Sleep until ready(n), close() or timeout, so the consumer does not poll."""
@@ -268,6 +280,13 @@ class _Consuming(Buffer):
     def _free(self) -> int:
         return self.capacity - len(self._items)
 
+    def _ready_batches(self, n: int, limit: int) -> int:
+        size = len(self._items)
+        if self._closed:
+            return -(-size // n)
+        gate = max(self.watermark, n)
+        return (size - gate) // n + 1 if size >= gate else 0
+
     def _add(self, item: Any) -> None:
         self._items.append(item)
 
@@ -340,6 +359,11 @@ class Reservoir(Buffer):
 
     def _free(self) -> int:
         return self.capacity - len(self._items) + len(self._seen)
+
+    def _ready_batches(self, n: int, limit: int) -> int:
+        if self._closed:  # every get serves up to n never-served items until none is left
+            return -(-len(self._fresh) // n)
+        return limit if self._ready(n) else 0  # items stay: once ready, ready for good
 
     def _n_unserved(self) -> int:
         return len(self._fresh)

@@ -139,6 +139,16 @@ class Client:
             self.abort(f"{detail}\n{''.join(traceback.format_tb(tb, limit=-3))}")
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """``(host, port)`` of ``host:port``, ``[v6]:port`` (``[::1]:5000``) or ``v6:port``."""
+    host, _, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or "[" in host or "]" in host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"address must be 'host:port' or '[v6 address]:port', got {address!r}")
+    return host, int(port)
+
+
 def connect(
     address: str | None = None,
     token: str | None = None,
@@ -153,10 +163,8 @@ def connect(
     size when every rank sends its share of each step)."""
     address = address or _env(ENV_ADDRESS)
     hello = proto.encode_hello(token or _env(ENV_TOKEN), part, n_parts)  # checks the part
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"address must be 'host:port', got {address!r}")
-    sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    host, port = split_address(address)
+    sock = socket.create_connection((host, port), timeout=timeout)
     sock.settimeout(None)  # sends may block for long under backpressure; that is intended
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client = Client(sock)

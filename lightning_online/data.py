@@ -33,7 +33,7 @@ from lightning_online._capture import (
     reduce_per_sample,
 )
 from lightning_online._dist import Group
-from lightning_online._study import Run, Study, StudyError
+from lightning_online._study import STATS_KEYS, Run, Study, StudyError
 from lightning_online._transport import WorkerPool
 from lightning_online.buffers import Buffer, Reservoir
 from lightning_online.sampling import Halton, ParameterSpace, Sampler, Uniform
@@ -44,19 +44,6 @@ __all__ = ["OnlineDataModule", "Solver"]
 
 Solver = Callable[[np.ndarray], Iterable[tuple[np.ndarray, ...]]]
 """A solver: ``solver(theta)`` yields one training sample (a tuple of arrays) per time step."""
-
-_STATS_KEYS = (
-    "launched",
-    "completed",
-    "failed",
-    "running",
-    "samples_received",
-    "samples_rejected",
-    "samples_served",
-    "samples_replayed",
-    "mean_reuse",
-    "buffer_fill",
-)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -200,7 +187,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self._group: Group | None = None
         self._val_set: _ValidationSet | None = None
         self._val_thetas: np.ndarray | None = None
-        self._stats: dict[str, float] = dict.fromkeys(_STATS_KEYS, 0)
+        self._stats: dict[str, float] = dict.fromkeys(STATS_KEYS, 0)
         self._launched: np.ndarray = np.zeros((0, space.dim))
         self._runs: dict[int, Run] = {}
         self.val_report: dict[str, np.ndarray] | None = None
@@ -324,13 +311,27 @@ class OnlineDataModule(pl.LightningDataModule):
                 "leave pin_memory=None to pin only when a GPU is there"
             )
         self._study.pin_memory = pin
-        self._pool = WorkerPool(
-            self._solver_bytes,
-            self.n_workers,
-            self._study,
-            run_timeout=self.run_timeout,
-            poll_interval=self.poll_interval,
-        )
+        from lightning_online.external import ExternalSolver
+
+        if isinstance(self.solver, ExternalSolver):
+            from lightning_online._hub import ExternalPool
+
+            # The programs connect straight to this rank: no worker, no sandbox per run.
+            self._pool = ExternalPool(
+                self.solver,
+                self.n_workers,
+                self._study,
+                run_timeout=self.run_timeout,
+                poll_interval=self.poll_interval,
+            )
+        else:
+            self._pool = WorkerPool(
+                self._solver_bytes,
+                self.n_workers,
+                self._study,
+                run_timeout=self.run_timeout,
+                poll_interval=self.poll_interval,
+            )
         self._pool.start()
         self._study.pool = self._pool
 
@@ -453,8 +454,9 @@ class OnlineDataModule(pl.LightningDataModule):
                 if self.trainer is not None:
                     self.trainer.should_stop = True
                 return
-            if decision.serve:
-                yield study.take()
+            if decision.batches:  # every rank serves as many before the next agreement
+                for _ in range(decision.batches):
+                    yield study.take()
             else:
                 study.buffer.wait_ready(min(self.batch_size, study.buffer.capacity), wait)
 

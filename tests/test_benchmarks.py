@@ -88,6 +88,7 @@ def test_scaling_benchmark_smoke(tmp_path):
     assert all(r["received"]["median"] > 0 for r in result["rate_vs_runs"])
     assert set(result["external"]) >= {"ExternalSolver, direct", "ExternalSolver, mpiexec -n 1"}
     assert all(v["ranks_for_N"] >= 1 for v in result["estimate"].values())
+    assert all(v["ratio"] > 0 for v in result["ingest_vs_raw"].values())
 
     # nothing the script started (MPI workers, sandboxes, solver programs, mpiexec) outlives it:
     # they all run in its working directory, tmp_path
@@ -104,3 +105,18 @@ def test_scaling_benchmark_smoke(tmp_path):
     assert not left()
     pytest.importorskip("matplotlib")
     assert (tmp_path / "scaling.png").exists()
+
+
+def test_agreement_benchmark_smoke(tmp_path):
+    out = run("agreement", ["--quick", "--out", str(tmp_path)], tmp_path)
+    assert "of a 10 ms step" in out.stdout
+    result = json.loads((tmp_path / "agreement.json").read_text())
+    two = result["ranks"]["2"]
+    assert two["sync_us"]["median"] > 0 and two["all_gather_us"]["median"] > 0
+
+
+def test_external_inflight_benchmark_smoke(tmp_path):
+    target = tmp_path / "external_inflight.json"
+    run("external_inflight", ["--quick", "--out", str(target)], tmp_path)
+    result = json.loads(target.read_text())
+    assert result["config"]["quick"] and result["after"], result

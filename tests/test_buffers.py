@@ -313,3 +313,21 @@ def test_capacity_bounded_under_producer_thread(cls):
         assert sorted(served) == list(range(total))
     if cls is FIFO:
         assert served == list(range(total))
+
+
+@pytest.mark.parametrize("cls", POLICIES)
+@pytest.mark.parametrize("closed", [False, True])
+def test_ready_batches_is_what_gets_in_a_row_serve(cls, closed):
+    """The promise a rank makes to the others: that many get(n) in a row serve, without puts."""
+    for size in range(0, 40, 3):
+        for n in (1, 4, 7):
+            probe = cls(40, watermark=10, seed=1)
+            fill(probe, range(size))
+            if closed:
+                probe.close()
+            promised = probe.ready_batches(n, limit=5)
+            for _ in range(promised):
+                assert probe.get(n), (cls.__name__, size, n, promised)
+            if promised < 5:  # a consuming policy promises all it can; a reservoir up to limit
+                assert not probe.get(n) or (cls is Reservoir and not closed)
+    assert cls(10, 2).ready_batches(1, limit=3) == 0

@@ -7,6 +7,7 @@ The programs here are real processes (a Python client program, started directly 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -194,7 +195,7 @@ def test_closing_the_generator_kills_the_program_and_its_mpiexec():
 # -- in a study -------------------------------------------------------------------------------
 
 
-def fit(solver, n_simulations=8, max_steps=10_000, **kw):
+def fit(solver, n_simulations=8, max_steps=10_000, callbacks=(), **kw):
     dm = OnlineDataModule(
         solver,
         ParameterSpace([0.0, 0.0], [1.0, 1.0], ["a", "b"]),
@@ -212,6 +213,7 @@ def fit(solver, n_simulations=8, max_steps=10_000, **kw):
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=list(callbacks),
     )
     trainer.fit(Regressor(3, 4), dm)
     return dm, trainer
@@ -241,8 +243,8 @@ def test_failed_external_runs_are_counted_reported_and_redrawn(caplog):
 
 
 def test_stopping_training_mid_run_ends_the_programs():
-    """max_steps ends fit while the programs compute (silent, not sending): the workers kill
-    their sandboxes, and the programs (under mpiexec, 2 ranks) die with them. Orphans are
+    """max_steps ends fit while the programs compute (silent, not sending): the pool ends their
+    process groups, and the programs (under mpiexec, 2 ranks) die with them. Orphans are
     re-parented away from this process, so they are found by the no_orphans fixture's marker."""
     stalls = program("--steps", "500", "--stall-after", "20", launcher="mpiexec", n_procs=2)
     dm, trainer = fit(stalls, n_simulations=64, max_steps=2)
@@ -254,3 +256,78 @@ def test_stopping_training_mid_run_ends_the_programs():
         if "lo_ext_client" in " ".join(p.cmdline())
     ]
     assert not programs or psutil.wait_procs(programs, timeout=15)[1] == []
+
+
+def test_stopping_training_mid_run_ends_programs_behind_a_wrapper():
+    """The Direct launcher starting ``bash -c "python prog ...; true"``: the program is the
+    shell's child, not the launched process; ending fit early still ends it (its group)."""
+    marker = os.environ["LIGHTNING_ONLINE_TEST_MARKER"]
+
+    def programs() -> list[psutil.Process]:
+        return [p for p in solver_processes(marker) if "lo_ext_client" in " ".join(p.cmdline())]
+
+    prog = f"{sys.executable} {PROGRAM} --steps 500 --stall-after 20"
+    wrapper = ExternalSolver(["bash", "-c", f"{prog}; true"], fields=["x", "y"], launcher="direct")
+    running: list[int] = []
+    dm, trainer = fit(
+        wrapper,
+        n_simulations=64,
+        max_steps=2,
+        callbacks=[Count(lambda: running.append(len(programs())))],
+    )
+    assert trainer.global_step == 2 and dm.stats["completed"] == 0
+    assert running and running[-1] >= 2  # each run: the shell and its python program
+    left = programs()
+    assert not left or psutil.wait_procs(left, timeout=5)[1] == []
+
+
+class Count(pl.Callback):
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def on_train_batch_end(self, *args) -> None:
+        self.fn()
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_a_study_over_ipv6():
+    """host="::1": the rank listens on the IPv6 loopback only, the programs are told
+    ``[::1]:port`` and every step of every run arrives over IPv6."""
+    seen: list[str] = []
+
+    class Address(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            pool = trainer.datamodule._pool
+            seen.append(pool.address)
+
+    solver = program("--steps", "5", n_steps=5, host="::1")
+    dm = OnlineDataModule(
+        solver,
+        ParameterSpace([0.0, 0.0], [1.0, 1.0]),
+        n_simulations=6,
+        batch_size=5,
+        n_workers=3,
+        buffer=FIFO(30, watermark=5),
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=1000,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Address()],
+    )
+    trainer.fit(Regressor(3, 4), dm)
+    assert dm.stats["completed"] == 6 and dm.stats["failed"] == 0
+    assert dm.stats["samples_received"] == 30
+    assert seen and all(a.startswith("[::1]:") for a in seen)

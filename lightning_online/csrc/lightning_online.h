@@ -3,7 +3,8 @@
  * program to the training process that launched it (an ExternalSolver).
  *
  * Environment (set by ExternalSolver for each run):
- *   LIGHTNING_ONLINE_ADDRESS     host:port to connect to (host name, IPv4 or IPv6 address)
+ *   LIGHTNING_ONLINE_ADDRESS     host:port to connect to: a host name or an IPv4 address and
+ *                                the port, or an IPv6 address in brackets ([::1]:5000)
  *   LIGHTNING_ONLINE_TOKEN       ASCII token proving the connection belongs to this run
  *   LIGHTNING_ONLINE_PARAMETERS  the run's parameters, comma-separated floats
  *
@@ -95,7 +96,8 @@ typedef struct {
  * sender of the run (part 0 of 1). NULL on failure. */
 lo_client *lo_connect(void);
 
-/* Same with an explicit "host:port" address and token (part 0 of 1). NULL on failure. */
+/* Same with an explicit "host:port" (or "[v6]:port") address and token (part 0 of 1).
+ * NULL on failure. */
 lo_client *lo_connect_to(const char *address, const char *token);
 
 /* Connect as part `part` of `n_parts` senders of the run (from the environment, as
