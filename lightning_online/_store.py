@@ -20,6 +20,7 @@ is allocated once, by one thread, so it neither grows nor fragments over a long 
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -66,6 +67,33 @@ def trim_heap() -> None:
         _TRIM()
 
 
+class _BatchPool:
+    """Memory for one field's batches, reused once nothing refers to a batch any more.
+
+    A batch tensor is made with ``torch.from_numpy`` over an array of this pool, so its storage
+    (shared by every view, and by ``.numpy()`` of it) holds one reference to the array: while a
+    batch, a view of it or a copy that aliases it is alive anywhere, the array's reference count
+    says so, and the array is not handed out again. Reuse saves the page faults of fresh memory
+    for every batch (measured: 27 of the 32 ms it took to gather 64 samples of 1 MB).
+    """
+
+    KEEP = 4  # arrays per pool; more batches alive at once get memory of their own
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+        self.arrays: list[np.ndarray] = []
+
+    def empty(self, shape: tuple[int, ...]) -> torch.Tensor:
+        for arr in self.arrays:
+            # 3 references: the list, the loop variable and getrefcount's argument
+            if arr.shape == shape and sys.getrefcount(arr) <= 3:
+                return torch.from_numpy(arr)
+        arr = np.empty(shape, dtype=self.dtype)
+        if len(self.arrays) < self.KEEP:
+            self.arrays.append(arr)
+        return torch.from_numpy(arr)
+
+
 class SlotStore:
     """Slots for ``capacity`` samples of the size of the first one, plus ``spare`` slots for one
     message's worth beyond the buffer's room, and a free list of slot indices."""
@@ -82,6 +110,7 @@ class SlotStore:
         self._template: np.ndarray | None = None  # the header words that must match
         self._fields: list[tuple[np.dtype, tuple[int, ...], int]] = []  # dtype, shape, offset
         self._views: list[torch.Tensor] = []  # field i of every slot: (n_slots, *shape)
+        self._pools: list[_BatchPool] = []
         self._float: list[int] = []  # fields that must be finite
         self._free: deque[int] = deque()  # append/popleft are atomic: no lock needed
         self._lock = threading.Lock()
@@ -123,6 +152,7 @@ class SlotStore:
         self._template = header
         self._fields = fields
         self._views = views
+        self._pools = [_BatchPool(dtype) for dtype, _, _ in fields]
         self._float = [i for i, (dt, _, _) in enumerate(fields) if dt.kind in "fc"]
         self.bare = bool(head[0] == 0x4C4F4E42)  # _wire.MAGIC_BARE
         self.signature = (self.bare, *signature(header))
@@ -206,12 +236,15 @@ class SlotStore:
         return head[:, 0].copy(), head[:, 1].copy()
 
     def gather(self, idx: np.ndarray, pin: bool = False) -> list[torch.Tensor]:
-        """A batch: field i of slots ``idx``, stacked, one new tensor per field (pinned if asked)."""
+        """A batch: field i of slots ``idx``, stacked, one tensor per field (pinned if asked)."""
         index = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         out = []
-        for view in self._views:
+        for i, view in enumerate(self._views):
             shape = (len(index), *view.shape[1:])
-            dst = torch.empty(shape, dtype=view.dtype, pin_memory=pin)
+            if pin:  # CUDA's caching host allocator recycles page-locked memory by itself
+                dst = torch.empty(shape, dtype=view.dtype, pin_memory=True)
+            else:
+                dst = self._pools[i].empty(shape)
             torch.index_select(view, 0, index, out=dst)
             out.append(dst)
         return out

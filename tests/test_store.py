@@ -135,3 +135,24 @@ def test_a_message_never_exceeds_the_spare_slots():
     assert coalesce_limit(1) == COALESCE_SAMPLES
     assert coalesce_limit(1 << 30) == 1
     assert 1 <= coalesce_limit(100_000) <= COALESCE_SAMPLES
+
+
+def test_batch_memory_is_reused_only_once_nothing_refers_to_it():
+    store = SlotStore(8)
+    store.configure(blob(0, 0, np.zeros(4, np.float32)))
+    slots = store.write(np.stack([blob(0, k, np.full(4, k, np.float32)) for k in range(8)]))
+    (a,) = store.gather(np.array(slots[:2]))
+    view = a[1:]  # a view keeps the batch's memory alive, as does the batch itself
+    held = a.numpy().copy()
+    del a
+    (b,) = store.gather(np.array(slots[2:4]))
+    assert b.data_ptr() != view.data_ptr() - 16
+    assert view.numpy().tolist() == held[1:].tolist()  # untouched by the second gather
+    ptr = b.data_ptr()
+    del b
+    (c,) = store.gather(np.array(slots[4:6]))
+    assert c.data_ptr() == ptr  # nothing refers to b's memory: it is reused
+    assert c[:, 0].tolist() == [4.0, 5.0]
+    del view
+    kept = [store.gather(np.array(slots[:2]))[0] for _ in range(6)]  # more alive than pooled
+    assert len({t.data_ptr() for t in kept}) == 6
