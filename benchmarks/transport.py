@@ -108,17 +108,18 @@ class Sink:
         self.count += len(blobs)
         self.bytes += len(blobs) * (blobs.shape[1] - self.header)
 
-    def slot_for(self, nbytes: int):
+    def slots_for(self, k: int, nbytes: int):
         if self.count == 0 or nbytes != self.store.size:
             return None
-        slot = self.store.take_free()
-        return slot, self.store.mem[slot, :nbytes]
+        slots = self.store.take_run(k)
+        return None if slots is None else (slots, self.store.mem[slots[0] : slots[0] + k, :nbytes])
 
-    def on_slot(self, slot: int) -> None:
-        assert self.store.check(self.store.mem[slot : slot + 1, : self.store.size]) is None
-        self.store.release([slot])
-        self.count += 1
-        self.bytes += self.store.size - self.header
+    def on_slots(self, slots) -> None:
+        rows = self.store.mem[slots[0] : slots[0] + len(slots), : self.store.size]
+        assert self.store.check(rows) is None
+        self.store.release(slots)
+        self.count += len(slots)
+        self.bytes += len(slots) * (self.store.size - self.header)
 
     def on_end(self, *args) -> None:
         self.t_end = time.perf_counter()

@@ -44,8 +44,8 @@ import numpy as np
 
 from lightning_online import _protocol as proto
 from lightning_online._launchd import GRACE, FrameReader, encode_frame
-from lightning_online._runner import _check, mpi_free_environ, signal_name
-from lightning_online._wire import encode_sample
+from lightning_online._runner import mpi_free_environ, signal_name
+from lightning_online._wire import check_step, encode_sample
 from lightning_online.client import ENV_ADDRESS, ENV_PARAMETERS, ENV_TOKEN
 
 if TYPE_CHECKING:
@@ -1047,7 +1047,7 @@ class ExternalPool:
             hub.poll(self.poll_interval if not handler.has_room() else 0.1)
 
     def _deliver(self, run: _Run, step: int, fields: tuple[np.ndarray, ...]) -> str | None:
-        reason = _check(fields, step, run.first)  # NaN/Inf, dtype or shape changed
+        reason = check_step(fields, step, run.first)  # NaN/Inf, dtype or shape changed
         if reason is not None:
             return reason
         if run.first is None:

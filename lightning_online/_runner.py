@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from lightning_online._wire import encode_sample
+from lightning_online._wire import check_step, encode_sample
 
 _LEN = struct.Struct("<QB")
 REF = struct.Struct("<QQQ")  # an R frame: offset in the ring, bytes, ring position after it
@@ -159,17 +159,6 @@ def _as_fields(item: object, step: int) -> tuple[np.ndarray, ...]:
     return tuple(np.asarray(a) for a in item)
 
 
-def _check(fields: tuple[np.ndarray, ...], step: int, first: list[tuple] | None) -> str | None:
-    """Reason to reject this step, or None. Checks finiteness and agreement with step 0."""
-    for i, a in enumerate(fields):
-        if a.dtype.kind in "fc" and not np.isfinite(a).all():
-            return f"step {step}: field {i} contains NaN or Inf"
-    sig = [(a.dtype.str, a.shape) for a in fields]
-    if first is not None and sig != first:
-        return f"step {step}: fields {sig} differ from the first step's {first} (dtype or shape)"
-    return None
-
-
 def run(inp: BinaryIO, out: BinaryIO, ring: Ring | None = None) -> None:
     frame = read_frame(inp)
     if frame is None or frame[0] != b"P":
@@ -203,7 +192,7 @@ def run(inp: BinaryIO, out: BinaryIO, ring: Ring | None = None) -> None:
             for step, item in enumerate(gen):
                 bare = isinstance(item, np.ndarray)
                 fields = (item,) if bare else _as_fields(item, step)
-                reason = _check(fields, step, first)
+                reason = check_step(fields, step, first)
                 if reason is not None:
                     if hasattr(gen, "close"):
                         gen.close()

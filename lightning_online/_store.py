@@ -111,7 +111,6 @@ class SlotStore:
         self._fields: list[tuple[np.dtype, tuple[int, ...], int]] = []  # dtype, shape, offset
         self._views: list[torch.Tensor] = []  # field i of every slot: (n_slots, *shape)
         self._pools: list[_BatchPool] = []
-        self._float: list[int] = []  # fields that must be finite
         self._free: deque[int] = deque()  # append/popleft are atomic: no lock needed
         self._lock = threading.Lock()
 
@@ -153,7 +152,6 @@ class SlotStore:
         self._fields = fields
         self._views = views
         self._pools = [_BatchPool(dtype) for dtype, _, _ in fields]
-        self._float = [i for i, (dt, _, _) in enumerate(fields) if dt.kind in "fc"]
         self.bare = bool(head[0] == 0x4C4F4E42)  # _wire.MAGIC_BARE
         self.signature = (self.bare, *signature(header))
         self.size = size
@@ -162,7 +160,8 @@ class SlotStore:
 
     def check(self, blobs: np.ndarray) -> tuple[int, str] | None:
         """``(row, reason)`` of the first of ``blobs`` (``(k, size)`` uint8, one run's samples in
-        step order) that does not fit this study's samples, or None when they all do."""
+        step order) whose size, dtypes or shapes differ from the study's first sample, or None.
+        (Each step's values were checked where it was produced: ``_wire.check_step``.)"""
         assert self._template is not None
         if blobs.shape[1] != self.size:
             return 0, self._mismatch(blobs[0])
@@ -172,21 +171,6 @@ class SlotStore:
         if bad.any():
             row = int(np.argmax(bad))
             return row, self._mismatch(blobs[row])
-        for i in self._float:
-            dtype, shape, offset = self._fields[i]
-            nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
-            data = blobs[:, offset : offset + nbytes].view(dtype)
-            if dtype.kind == "c":
-                data = data.view(data.real.dtype)
-            # max and min propagate NaN and show +-Inf, with temporaries of k values only
-            # (a message's isfinite mask would allocate as much as its data on every message)
-            finite = np.isfinite(data.max(axis=1, initial=-np.inf)) & np.isfinite(
-                data.min(axis=1, initial=np.inf)
-            )
-            if not finite.all():
-                row = int(np.argmin(finite))
-                step = int(head[row, 2])
-                return row, f"step {step}: field {i} contains NaN or Inf"
         return None
 
     def _mismatch(self, blob: np.ndarray) -> str:
@@ -210,6 +194,19 @@ class SlotStore:
     def take_free(self) -> int:
         """A free slot, now owned by the caller (give it back with :meth:`release`)."""
         return self._free.popleft()
+
+    def take_run(self, k: int) -> list[int] | None:
+        """k free slots that lie back to back in memory with nothing between them (so that a
+        message of k samples can be received straight into them), now owned by the caller; or
+        None (the next free slots are not consecutive, or slots are padded)."""
+        free = self._free
+        if len(free) < k or (k > 1 and self.mem is not None and self.mem.shape[1] != self.size):
+            return None
+        first = free[0]
+        for j in range(1, k):
+            if free[j] != first + j:
+                return None
+        return [free.popleft() for _ in range(k)]
 
     def write(self, blobs: np.ndarray) -> list[int]:
         """Copy ``(k, size)`` samples into k free slots (one vectorised copy); their indices."""

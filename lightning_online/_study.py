@@ -280,18 +280,31 @@ class Study:
         blob = np.asarray(blob, dtype=np.uint8)
         self.on_samples(blob.reshape(1, -1))
 
-    def slot_for(self, nbytes: int) -> tuple[int, np.ndarray] | None:
-        """A free slot to receive one sample of ``nbytes`` straight into (receiver thread)."""
+    def slots_for(self, k: int, nbytes: int) -> tuple[list[int], np.ndarray] | None:
+        """k free slots, back to back, to receive k samples of ``nbytes`` straight into, and
+        their memory as one ``(k, nbytes)`` array; None when there are none (receiver thread)."""
         store = self.store
-        if not store.configured or nbytes != store.size or not store.n_free:
+        if not store.configured or nbytes != store.size:
             return None
-        slot = store.take_free()
-        return slot, store.mem[slot, :nbytes]  # type: ignore[index]
+        slots = store.take_run(k)
+        if slots is None:
+            return None
+        return slots, store.mem[slots[0] : slots[0] + k, :nbytes]  # type: ignore[index]
+
+    def on_slots(self, slots: list[int]) -> None:
+        """The samples received into ``slots`` (from :meth:`slots_for`) are complete."""
+        store = self.store
+        rows = store.mem[slots[0] : slots[0] + len(slots), : store.size]  # type: ignore[index]
+        self.on_samples(rows, slots)
+
+    def slot_for(self, nbytes: int) -> tuple[int, np.ndarray] | None:
+        """One free slot to receive one sample of ``nbytes`` straight into (receiver thread)."""
+        got = self.slots_for(1, nbytes)
+        return None if got is None else (got[0][0], got[1][0])
 
     def on_slot(self, slot: int) -> None:
         """The sample received into ``slot`` is complete (receiver thread)."""
-        store = self.store
-        self.on_samples(store.mem[slot : slot + 1, : store.size], [slot])  # type: ignore[index]
+        self.on_slots([slot])
 
     def on_samples(self, blobs: np.ndarray, slots: list[int] | None = None) -> None:
         """``(k, size)`` samples in the ``_wire`` format, in step order (receiver thread; the

@@ -51,11 +51,12 @@ class PoolHandler(Protocol):
     def on_samples(self, blobs: np.ndarray) -> None:
         """``(k, size)`` samples of one run in step order; only valid during the call."""
 
-    def slot_for(self, nbytes: int) -> tuple[int, np.ndarray] | None:
-        """A free slot and its memory to receive one sample of ``nbytes`` into, or None."""
+    def slots_for(self, k: int, nbytes: int) -> tuple[list[int], np.ndarray] | None:
+        """k free slots and their memory, ``(k, nbytes)`` and contiguous, to receive k samples
+        of ``nbytes`` straight into; or None (then :meth:`on_samples` copies them)."""
 
-    def on_slot(self, slot: int) -> None:
-        """The sample received into ``slot`` (from :meth:`slot_for`) is complete."""
+    def on_slots(self, slots: list[int]) -> None:
+        """The samples received into ``slots`` (from :meth:`slots_for`) are complete."""
 
     def on_end(self, sim_id: int, ok: bool, n_steps: int, seconds: float, reason: str) -> None: ...
 
@@ -211,11 +212,12 @@ class WorkerPool:
                     k = tag - TAG_SAMPLES
                     if count % k:
                         raise RuntimeError(f"solver worker {source} sent a malformed message")
-                    # One sample of the study's size lands directly in its slot (no copy).
-                    slot = handler.slot_for(count) if k == 1 else None
-                    if slot is not None:
-                        comm.Recv([slot[1], MPI.BYTE], source=source, tag=tag)
-                        handler.on_slot(slot[0])
+                    # Samples of the study's size land directly in free slots (no copy) when
+                    # the next free ones lie back to back.
+                    into = handler.slots_for(k, count // k)
+                    if into is not None:
+                        comm.Recv([into[1], MPI.BYTE], source=source, tag=tag)
+                        handler.on_slots(into[0])
                         continue
                     buf = scratch[:count]
                     comm.Recv([buf, MPI.BYTE], source=source, tag=tag)

@@ -19,6 +19,8 @@ __all__ = [
     "MAX_DIMS",
     "MAX_FIELDS",
     "Sample",
+    "all_finite",
+    "check_step",
     "coalesce_limit",
     "decode_end",
     "decode_sample",
@@ -66,6 +68,31 @@ class Sample(NamedTuple):
     fields: tuple[np.ndarray, ...]
     signature: tuple[int, ...]
     bare: bool = False
+
+
+def all_finite(a: np.ndarray) -> bool:
+    """No NaN or Inf in a float or complex array (other dtypes always are). Two reductions
+    that propagate NaN and show +-Inf, without a temporary the size of the array."""
+    if a.dtype.kind not in "fc" or a.size == 0:
+        return True
+    if a.dtype.kind == "c":
+        a = np.ascontiguousarray(a).view(a.real.dtype)
+    return bool(np.isfinite(a.max()) and np.isfinite(a.min()))
+
+
+def check_step(fields: tuple[np.ndarray, ...], step: int, first: list[tuple] | None) -> str | None:
+    """Why a solver's time step must be rejected, or None: a field with NaN or Inf, or dtypes
+    and shapes that differ from the run's first step (``first``: its ``(dtype.str, shape)``
+    list). Checked where samples are produced: in the solver's sandbox for a Python solver,
+    in the receiver for an external program; the training rank checks every message against
+    the study's first sample (``_store.SlotStore.check``)."""
+    for i, a in enumerate(fields):
+        if not all_finite(a):
+            return f"step {step}: field {i} contains NaN or Inf"
+    sig = [(a.dtype.str, a.shape) for a in fields]
+    if first is not None and sig != first:
+        return f"step {step}: fields {sig} differ from the first step's {first} (dtype or shape)"
+    return None
 
 
 def coalesce_limit(sample_bytes: int) -> int:

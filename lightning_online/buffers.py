@@ -57,6 +57,9 @@ class Buffer(abc.ABC):
     always called with the lock held.
     """
 
+    #: Whether served items stay in the buffer (and may be overwritten by a put at any time).
+    _keeps_served = True
+
     def __init__(self, capacity: int, watermark: int | None = None, seed: int | None = None):
         self.capacity = _check_int("capacity", capacity, 1, 2**63)
         if watermark is None:
@@ -201,8 +204,11 @@ class Buffer(abc.ABC):
     def get(self, n: int, gather: Callable[[list[Any]], Any] | None = None) -> Any:
         """Non-blocking: up to n items per policy, or [] if not ready(n).
 
-        With ``gather``, returns ``gather(items)`` computed while the lock is held (so that the
-        producer cannot reuse what the items refer to meanwhile), or None if not ready(n).
+        With ``gather``, returns ``gather(items)``, or None if not ready(n). What the items refer
+        to cannot be reused meanwhile: a policy that keeps served items (``_keeps_served``)
+        gathers while the lock is held; otherwise the items have left the buffer and their
+        release (``on_release``) waits for the gather, which runs without the lock, so the
+        producer is not held up by it.
         """
         n = self._check_n(n)
         with self._cond:
@@ -211,10 +217,16 @@ class Buffer(abc.ABC):
             items, first = self._take(n)
             self._served += len(items)
             self._unique += first
-            out = items if gather is None else gather(items)
+            out: Any = items
+            if gather is not None and self._keeps_served:
+                out = gather(items)
             self._cond.notify_all()  # room may have appeared for a blocked producer
             leaving = self._pop_released()
-        self._notify_released(leaving)
+        try:
+            if gather is not None and not self._keeps_served:
+                out = gather(items)
+        finally:
+            self._notify_released(leaving)
         return out
 
     # --- introspection ---------------------------------------------------------------
@@ -265,6 +277,8 @@ class Buffer(abc.ABC):
 
 class _Consuming(Buffer):
     """Policies whose get removes items: a held item's served counter is always 0."""
+
+    _keeps_served = False
 
     _items: deque[Any] | list[Any]
 

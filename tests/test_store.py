@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from lightning_online._store import SlotStore
-from lightning_online._wire import COALESCE_SAMPLES, coalesce_limit, encode_sample
+from lightning_online._wire import (
+    COALESCE_SAMPLES,
+    all_finite,
+    check_step,
+    coalesce_limit,
+    encode_sample,
+)
 from lightning_online.buffers import FIFO, FIRO, Reservoir
 
 
@@ -63,15 +69,8 @@ def test_check_refuses_what_does_not_match_the_first_sample():
     assert row == 0 and "shape or dtype changed" in reason and "float32(4,)" in reason
     bad_dtype = blob(1, 2, np.zeros(3, np.float64), sample(0)[1].astype(np.float32))
     assert "shape or dtype changed" in store.check(bad_dtype[None])[1]
-    x, y = sample(3)
-    y[1, 2] = np.nan
-    row, reason = store.check(np.stack([ok, ok, blob(1, 3, x, y)]))
-    assert row == 2 and reason == "step 3: field 1 contains NaN or Inf"
-    x[0] = -np.inf
-    assert store.check(blob(1, 4, x, sample(0)[1])[None]) == (
-        0,
-        "step 4: field 0 contains NaN or Inf",
-    )
+    row, reason = store.check(np.stack([ok, ok, bad_shape]))
+    assert row == 2
     bare = blob(1, 0, *sample(0), bare=True)
     assert "shape or dtype changed" in store.check(bare[None])[1]
 
@@ -156,3 +155,31 @@ def test_batch_memory_is_reused_only_once_nothing_refers_to_it():
     del view
     kept = [store.gather(np.array(slots[:2]))[0] for _ in range(6)]  # more alive than pooled
     assert len({t.data_ptr() for t in kept}) == 6
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.complex64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_step_with_nan_or_inf_is_refused_where_it_is_produced(dtype, bad):
+    x = np.ones((2, 3), dtype)
+    assert all_finite(x) and check_step((x,), 0, None) is None
+    x[1, 2] = bad
+    assert not all_finite(x)
+    assert check_step((np.ones(2), x), 4, None) == "step 4: field 1 contains NaN or Inf"
+    big = np.full(3, np.finfo(np.float32).max, np.float32)  # finite, even if a sum overflows
+    assert all_finite(big) and all_finite(np.zeros(0, dtype)) and all_finite(np.arange(3))
+    first = [(np.dtype(np.float64).str, (2,))]
+    assert "differ from the first step" in check_step((np.ones(3),), 1, first)
+
+
+def test_a_message_lands_straight_in_back_to_back_free_slots():
+    store = SlotStore(8)
+    store.configure(blob(0, 0, np.zeros(4, np.float32)))  # 144 bytes: a multiple of 16
+    assert store.mem.shape[1] == store.size
+    run = store.take_run(3)
+    assert run == [0, 1, 2]
+    store.release([1])  # the free list now starts 3, 4, ..., then 1: no run of 8 from its head
+    assert store.take_run(len(store._free)) is None
+    assert store.take_run(2) == [3, 4]
+    padded = SlotStore(4)
+    padded.configure(blob(0, 0, np.zeros(2, np.float32)))  # 120 bytes, slots of 128
+    assert padded.take_run(2) is None and padded.take_run(1) == [0]
