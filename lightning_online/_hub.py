@@ -20,7 +20,6 @@ A run is complete once every part has sent CLOSE and the program's leader has ex
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import logging
@@ -34,7 +33,6 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +43,7 @@ import numpy as np
 from lightning_online import _protocol as proto
 from lightning_online._launchd import GRACE, FrameReader, encode_frame
 from lightning_online._runner import mpi_free_environ, signal_name
+from lightning_online._transport import ReceiverPool, _live_pools
 from lightning_online._wire import check_step, encode_sample
 from lightning_online.client import ENV_ADDRESS, ENV_PARAMETERS, ENV_TOKEN
 
@@ -886,15 +885,6 @@ class _Hub:
 
 # -- a pool of runs for a study ----------------------------------------------------------------
 
-_live_pools: weakref.WeakSet[ExternalPool] = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all() -> None:
-    # Last line of defence (an exception that bypassed teardown): never leave programs behind.
-    for pool in list(_live_pools):
-        pool.stop(timeout=15.0)
-
 
 def _ensure_fd_limit(needed: int) -> None:
     """Lift this process's soft limit on open files to ``needed`` (at most the hard limit): one
@@ -915,7 +905,7 @@ def _ensure_fd_limit(needed: int) -> None:
         )
 
 
-class ExternalPool:
+class ExternalPool(ReceiverPool):
     """Up to ``n_workers`` runs of an :class:`~lightning_online.ExternalSolver` in flight, their
     programs streaming straight into this training rank; a drop-in for ``WorkerPool``.
 
@@ -936,15 +926,10 @@ class ExternalPool:
         poll_interval: float = 5e-3,
         name: str = "lightning-online-external",
     ) -> None:
+        super().__init__(
+            n_workers, handler, run_timeout=run_timeout, poll_interval=poll_interval, name=name
+        )
         self.solver = solver
-        self.n_workers = n_workers
-        self.handler = handler
-        self.run_timeout = run_timeout
-        self.poll_interval = poll_interval
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._hub: _Hub | None = None
         self._scratch = np.empty(0, dtype=np.uint8)  # samples are encoded into it...
         # ...or into a slot of the handler's sample memory, when it has slot_for/on_slot
@@ -1008,10 +993,6 @@ class ExternalPool:
         elif not self._thread.is_alive() and self._hub is not None:
             self._hub.close()  # never started
         _live_pools.discard(self)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     # -- receiver thread ---------------------------------------------------------------------
     def _main(self) -> None:

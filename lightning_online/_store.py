@@ -138,6 +138,10 @@ class SlotStore:
         stride = _pad(size)  # a multiple of every itemsize (complex128 included)
         try:
             mem = np.empty((self.n_slots, stride), dtype=np.uint8)
+            # Resident now, not page by page as the stream first fills it: the memory a study
+            # needs is taken (or refused) at its first sample, not hours into it, and does not
+            # show up later as growth.
+            mem.fill(0)
         except MemoryError as exc:
             raise MemoryError(
                 f"cannot allocate {self.n_slots} sample slots of {size} bytes "

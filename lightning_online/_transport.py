@@ -35,7 +35,7 @@ from lightning_online._worker import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PoolHandler", "WorkerPool"]
+__all__ = ["PoolHandler", "ReceiverPool", "WorkerPool"]
 
 
 class PoolHandler(Protocol):
@@ -61,7 +61,7 @@ class PoolHandler(Protocol):
     def on_end(self, sim_id: int, ok: bool, n_steps: int, seconds: float, reason: str) -> None: ...
 
 
-_live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+_live_pools: weakref.WeakSet[ReceiverPool] = weakref.WeakSet()
 
 
 @atexit.register
@@ -82,7 +82,53 @@ def _keep_spawns_local() -> None:
         os.environ.setdefault("HYDRA_RMK", "user")
 
 
-class WorkerPool:
+class ReceiverPool:
+    """What both pools share: ``n_workers`` runs in flight driven for a :class:`PoolHandler` by
+    one receiver thread (``_main``), registered so that interpreter exit stops it.
+
+    Subclasses: :class:`WorkerPool` (Python solvers on spawned MPI workers) and
+    ``_hub.ExternalPool`` (external programs connected straight to this rank).
+    """
+
+    def __init__(
+        self,
+        n_workers: int,
+        handler: PoolHandler,
+        *,
+        run_timeout: float | None,
+        poll_interval: float,
+        name: str,
+    ) -> None:
+        self.n_workers = n_workers
+        self.handler = handler
+        self.run_timeout = run_timeout
+        self.poll_interval = poll_interval
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the receiver thread (training thread); raise if it cannot start."""
+        raise NotImplementedError
+
+    def wake(self) -> None:
+        """New work may be available (training thread)."""
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End every run in flight and wait for the receiver thread (training thread)."""
+        raise NotImplementedError
+
+    def _main(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
+class WorkerPool(ReceiverPool):
     """``n_workers`` spawned MPI workers and the receiver thread that drives them."""
 
     def __init__(
@@ -95,15 +141,10 @@ class WorkerPool:
         poll_interval: float = 5e-3,
         name: str = "lightning-online-receiver",
     ) -> None:
+        super().__init__(
+            n_workers, handler, run_timeout=run_timeout, poll_interval=poll_interval, name=name
+        )
         self.solver = solver
-        self.n_workers = n_workers
-        self.handler = handler
-        self.run_timeout = run_timeout
-        self.poll_interval = poll_interval
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._wake = threading.Event()
 
     # -- called from the training thread -------------------------------------------------------
@@ -128,10 +169,6 @@ class WorkerPool:
             if self._thread.is_alive():
                 log.error("the solver workers did not stop within %.0f s", timeout)
         _live_pools.discard(self)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     # -- receiver thread -----------------------------------------------------------------------
     def _spawn(self):  # type: ignore[no-untyped-def]

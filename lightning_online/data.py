@@ -34,7 +34,7 @@ from lightning_online._capture import (
 )
 from lightning_online._dist import Group
 from lightning_online._study import STATS_KEYS, Run, Study, StudyError
-from lightning_online._transport import WorkerPool
+from lightning_online._transport import ReceiverPool, WorkerPool
 from lightning_online.buffers import Buffer, Reservoir
 from lightning_online.sampling import Halton, ParameterSpace, Sampler, Uniform
 
@@ -183,7 +183,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
 
         self._study: Study | None = None
-        self._pool: WorkerPool | None = None
+        self._pool: ReceiverPool | None = None
         self._group: Group | None = None
         self._val_set: _ValidationSet | None = None
         self._val_thetas: np.ndarray | None = None
@@ -313,25 +313,21 @@ class OnlineDataModule(pl.LightningDataModule):
         self._study.pin_memory = pin
         from lightning_online.external import ExternalSolver
 
+        pool: type[ReceiverPool]
         if isinstance(self.solver, ExternalSolver):
             from lightning_online._hub import ExternalPool
 
             # The programs connect straight to this rank: no worker, no sandbox per run.
-            self._pool = ExternalPool(
-                self.solver,
-                self.n_workers,
-                self._study,
-                run_timeout=self.run_timeout,
-                poll_interval=self.poll_interval,
-            )
+            pool, what = ExternalPool, self.solver
         else:
-            self._pool = WorkerPool(
-                self._solver_bytes,
-                self.n_workers,
-                self._study,
-                run_timeout=self.run_timeout,
-                poll_interval=self.poll_interval,
-            )
+            pool, what = WorkerPool, self._solver_bytes
+        self._pool = pool(
+            what,  # type: ignore[arg-type]
+            self.n_workers,
+            self._study,
+            run_timeout=self.run_timeout,
+            poll_interval=self.poll_interval,
+        )
         self._pool.start()
         self._study.pool = self._pool
 
