@@ -7,13 +7,18 @@ so the hook may fire twice per step, and the first call is always the outer, bat
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["OutputCapture", "default_pred", "default_target", "per_sample_mse"]
+__all__ = ["OutputCapture", "default_pred", "default_target", "elementwise", "per_sample_mse"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def default_pred(output: Any) -> torch.Tensor:
@@ -50,8 +55,40 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.mse_loss(pred, target, reduction="none")
 
 
-def reduce_per_sample(loss: torch.Tensor) -> torch.Tensor:
-    """(B, ...) elementwise loss -> (B,) mean per sample."""
+def elementwise(loss_fn: LossFn | None) -> LossFn:
+    """The loss a Lightning user already has, made elementwise: a torch loss module
+    (``nn.MSELoss()``) gets ``reduction="none"``, a function with a ``reduction`` argument
+    (``F.mse_loss``) is called with ``reduction="none"``; anything else is taken as elementwise
+    (checked at its first call, :func:`reduce_per_sample`). ``None``: squared error."""
+    if loss_fn is None:
+        return per_sample_mse
+    if not callable(loss_fn):
+        raise TypeError(f"the loss must be callable (pred, target) -> tensor, got {loss_fn!r}")
+    if isinstance(loss_fn, nn.Module) and isinstance(getattr(loss_fn, "reduction", None), str):
+        unreduced = copy.copy(loss_fn)
+        unreduced.reduction = "none"
+        return unreduced
+    try:
+        params = inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: take it as it is
+        return loss_fn
+    if "reduction" in params:
+        return functools.partial(loss_fn, reduction="none")
+    return loss_fn
+
+
+def reduce_per_sample(loss: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """(B, ...) elementwise loss -> (B,) mean per sample, in float32 or wider (a bf16 loss
+    averaged in bf16 loses most of its digits). A scalar is refused with what to pass."""
+    if loss.ndim == 0 or (batch_size is not None and loss.shape[0] != batch_size):
+        raise TypeError(
+            f"the loss gave a tensor of shape {tuple(loss.shape)}, not one value per sample "
+            f"(batch of {batch_size}): pass an elementwise loss (e.g. nn.MSELoss(), "
+            "F.mse_loss: they are called with reduction='none'; or a function of (pred, target) "
+            "that does not reduce), or return 'per_sample_loss' from training_step"
+        )
+    if loss.dtype in (torch.float16, torch.bfloat16):
+        loss = loss.float()
     return loss.reshape(loss.shape[0], -1).mean(dim=1) if loss.ndim > 1 else loss
 
 
@@ -86,6 +123,3 @@ class OutputCapture:
     def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._armed:
             self.output, self._armed = output, False
-
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -27,7 +27,9 @@ class Group:
         self._pg: Any = None
         if self.distributed:
             # new_group is collective: every rank constructs its Group at the same point (setup).
-            self._pg = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+            # A group of its own even when the Trainer's is gloo too: the data path's
+            # collectives never mix with the Trainer's, whatever its backend.
+            self._pg = dist.new_group(backend="gloo")
 
     def all_gather(self, values: np.ndarray) -> np.ndarray:
         """Gather one int64 vector per rank into a (size, len) array, identical on every rank."""
@@ -37,6 +39,16 @@ class Group:
         out = [torch.empty_like(local) for _ in range(self.size)]
         dist.all_gather(out, local, group=self._pg)
         return torch.stack(out).numpy()
+
+    def all_reduce(self, values: np.ndarray, op: str = "sum") -> np.ndarray:
+        """Element-wise sum or max of one float64 array per rank, identical on every rank."""
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+        if op not in ops:
+            raise ValueError(f"op must be 'sum' or 'max', got {op!r}")
+        local = torch.tensor(np.asarray(values, dtype=np.float64))
+        if self.distributed:
+            dist.all_reduce(local, op=ops[op], group=self._pg)
+        return local.numpy()
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         if not self.distributed:

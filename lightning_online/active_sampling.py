@@ -25,7 +25,7 @@ from lightning_online._capture import (
     OutputCapture,
     default_pred,
     default_target,
-    per_sample_mse,
+    elementwise,
     reduce_per_sample,
 )
 from lightning_online.data import OnlineDataModule
@@ -38,8 +38,11 @@ class ActiveSampling(Callback):
     """Loss-driven steering of solver runs (Breed, RAD, ...) for an unchanged LightningModule.
 
     Args:
-        loss_fn: elementwise loss ``(pred, target) -> tensor`` (no reduction); averaged over all
-            but the batch dimension to give one loss per sample. Default: squared error.
+        loss_fn: the loss per element, averaged over all but the batch dimension to give one
+            loss per sample. Torch losses work as they are (``nn.MSELoss()``,
+            ``F.mse_loss``: they are called with ``reduction="none"``); a function
+            ``(pred, target) -> tensor`` must not reduce over the batch. Computed in float32
+            under ``bf16-mixed``/``16-mixed``. Default: squared error.
         update_every_n_steps: how often (training steps) the sampler receives new statistics.
         window: how many recent training steps of per-sample losses the statistics cover.
         pred_fn: extracts the prediction from the module's forward output (default: the output,
@@ -50,7 +53,14 @@ class ActiveSampling(Callback):
             sent to a logger that takes figures (TensorBoard); 0 disables it.
 
     A ``training_step`` that returns a dict with a ``per_sample_loss`` tensor of shape ``(B,)``
-    provides the losses itself; no prediction is captured then.
+    provides the losses itself; no prediction is captured then. That is the path for a compiled
+    module (``model.compile()``, ``torch.compile``), whose forward hooks are not guaranteed.
+
+    Where it runs: on every training rank, in the training thread. Per-sample losses stay on the
+    module's device until an update, which moves them to the host once; the statistics are
+    gathered over ranks on the package's own gloo group (``OnlineDataModule.all_gather_object``),
+    never on the Trainer's (under NCCL its collectives need CUDA tensors). With
+    ``accumulate_grad_batches`` it updates once per optimizer step.
     """
 
     def __init__(
@@ -75,7 +85,7 @@ class ActiveSampling(Callback):
                 f"window ({window}) must cover at least update_every_n_steps "
                 f"({update_every_n_steps}) steps, or some losses would never be used"
             )
-        self.loss_fn = loss_fn or per_sample_mse
+        self.loss_fn = elementwise(loss_fn)
         self.update_every_n_steps = update_every_n_steps
         self.window = window
         self.pred_fn = pred_fn or default_pred
@@ -86,10 +96,11 @@ class ActiveSampling(Callback):
         self.updates = 0
         self.last_losses: torch.Tensor | None = None
         self.last_stats: SimulationStats | None = None
-        # (step, sim_ids, losses) of recent steps, this rank only; parameters are looked up at
-        # update time, once per run, to keep the per-step cost small.
-        self._obs: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
+        # (step, sim_ids, losses on the module's device) of recent steps, this rank only;
+        # losses reach the host and parameters are looked up at update time, once.
+        self._obs: deque[tuple[int, np.ndarray, torch.Tensor]] = deque()
         self._dm: OnlineDataModule | None = None
+        self._last_update_step = -1
 
     @property
     def state_key(self) -> str:
@@ -151,54 +162,55 @@ class ActiveSampling(Callback):
             )
         self.last_losses = losses
         step = trainer.global_step
-        self._obs.append((step, sim_ids, losses.float().cpu().numpy()))
+        self._obs.append((step, sim_ids, losses.detach()))
         while self._obs and self._obs[0][0] <= step - self.window:
             self._obs.popleft()
-        if step % self.update_every_n_steps == 0:
+        # global_step counts optimizer steps: with accumulate_grad_batches several batches
+        # end at the same step; one update per optimizer step.
+        if step > 0 and step % self.update_every_n_steps == 0 and step != self._last_update_step:
+            self._last_update_step = step
             self._update(trainer, pl_module, dm)
 
     def _per_sample_loss(self, outputs: Any, out: Any, batch: Any) -> torch.Tensor | None:
         if isinstance(outputs, Mapping) and isinstance(
             outputs.get("per_sample_loss"), torch.Tensor
         ):
-            return outputs["per_sample_loss"].detach().reshape(-1)
+            return outputs["per_sample_loss"].detach().reshape(-1).float()
         if out is None:
             rank_zero_warn("ActiveSampling saw no forward call in this training step; skipped")
             return None
-        pred = self.pred_fn(out).detach()
-        return reduce_per_sample(self.loss_fn(pred, self.target_fn(batch)))
+        pred, target = self.pred_fn(out).detach(), self.target_fn(batch)
+        if pred.dtype in (torch.float16, torch.bfloat16):  # mixed precision: loss in float32
+            pred, target = pred.float(), target.float()
+        return reduce_per_sample(self.loss_fn(pred, target), len(target))
 
     # ------------------------------------------------------------------ statistics
-    def _local_table(self, dm: OnlineDataModule, n_rows: int) -> np.ndarray:
-        """Rows by simulation id: [sum, count, sum_first_half, n_first, sum_second, n_second, theta]."""
-        table = np.zeros((n_rows, 6 + dm.space.dim))
+    def _local_table(self, dm: OnlineDataModule) -> np.ndarray:
+        """One row per run of this rank seen in the window:
+        [sum, count, sum_first_half, n_first, sum_second, n_second, theta]."""
         if not self._obs:
-            return table
+            return np.zeros((0, 6 + dm.space.dim))
         steps = np.concatenate([np.full(len(o[1]), o[0]) for o in self._obs])
         ids = np.concatenate([o[1] for o in self._obs])
-        loss = np.concatenate([o[2] for o in self._obs])
+        loss = torch.cat([o[2] for o in self._obs]).cpu().numpy().astype(np.float64)
+        runs, row = np.unique(ids, return_inverse=True)
+        table = np.zeros((len(runs), 6 + dm.space.dim))
         mid = (steps.min() + steps.max()) / 2.0
         first = steps <= mid
-        np.add.at(table[:, 0], ids, loss)
-        np.add.at(table[:, 1], ids, 1)
-        np.add.at(table[:, 2], ids[first], loss[first])
-        np.add.at(table[:, 3], ids[first], 1)
-        np.add.at(table[:, 4], ids[~first], loss[~first])
-        np.add.at(table[:, 5], ids[~first], 1)
-        runs = np.unique(ids)
-        table[runs, 6:] = dm.theta_of(runs)  # the run's own rank fills its parameters, others 0
+        np.add.at(table[:, 0], row, loss)
+        np.add.at(table[:, 1], row, 1)
+        np.add.at(table[:, 2], row[first], loss[first])
+        np.add.at(table[:, 3], row[first], 1)
+        np.add.at(table[:, 4], row[~first], loss[~first])
+        np.add.at(table[:, 5], row[~first], 1)
+        table[:, 6:] = dm.theta_of(runs)  # a run streams to one rank only: its own
         return table
 
     def _update(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, dm: OnlineDataModule
     ) -> None:
-        strategy = trainer.strategy
-        local_max = max((int(o[1].max()) for o in self._obs), default=-1)
-        n_rows = int(strategy.reduce(torch.tensor(float(local_max)), reduce_op="max").item()) + 1
-        if n_rows <= 0:
-            return
-        table = torch.as_tensor(self._local_table(dm, n_rows))
-        table = strategy.reduce(table, reduce_op="sum").cpu().numpy()
+        # The runs seen in the window, every rank's, in rank order (the same on every rank).
+        table = np.concatenate(dm.all_gather_object(self._local_table(dm)))
         seen = table[:, 1] >= self.min_observed
         if not seen.any():
             return
@@ -226,15 +238,13 @@ class ActiveSampling(Callback):
         experiment = getattr(trainer.logger, "experiment", None)
         if not trainer.is_global_zero or not hasattr(experiment, "add_figure"):
             return
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+        try:  # an object-oriented figure: matplotlib's global backend is left alone
+            from matplotlib.figure import Figure
         except ImportError:  # plotting is optional
             return
         p = stats.parameters
-        fig, ax = plt.subplots(figsize=(4.5, 4))
+        fig = Figure(figsize=(4.5, 4))
+        ax = fig.add_subplot()
         names = dm.space.names
         x = p[:, 0]
         y = p[:, 1] if p.shape[1] > 1 else stats.loss
@@ -249,7 +259,6 @@ class ActiveSampling(Callback):
         ax.set_title(f"runs by loss, update {self.updates}")
         fig.tight_layout()
         experiment.add_figure("active/launched_parameters", fig, global_step=trainer.global_step)
-        plt.close(fig)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

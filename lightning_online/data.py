@@ -29,7 +29,7 @@ from lightning_online._capture import (
     OutputCapture,
     default_pred,
     default_target,
-    per_sample_mse,
+    elementwise,
     reduce_per_sample,
 )
 from lightning_online._dist import Group
@@ -167,7 +167,7 @@ class OnlineDataModule(pl.LightningDataModule):
             )
         self.val_parameters = self._check_val(val_parameters)
         self.val_batch_size = _positive_int("val_batch_size", val_batch_size or self.batch_size)
-        self.val_loss_fn = val_loss_fn or per_sample_mse
+        self.val_loss_fn = elementwise(val_loss_fn)
         if run_timeout is not None and not run_timeout > 0:
             raise ValueError(f"run_timeout must be positive seconds or None, got {run_timeout!r}")
         self.run_timeout = None if run_timeout is None else float(run_timeout)
@@ -257,6 +257,26 @@ class OnlineDataModule(pl.LightningDataModule):
         """
         if self._study is not None:
             self._study.refresh()
+
+    def all_reduce(self, values: np.ndarray, op: str = "sum") -> np.ndarray:
+        """``values`` (a host-side array, the same shape on every rank) summed (``op="sum"``)
+        or maximised (``"max"``) over the training ranks, as float64.
+
+        Collective: every rank calls it at the same point. It runs on the package's own gloo
+        process group on the CPU, never on the Trainer's (under NCCL every collective there
+        needs CUDA tensors), so callbacks can reduce statistics they keep on the host.
+        """
+        return self._require_group().all_reduce(np.asarray(values), op)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """One picklable object from every training rank, in rank order, on every rank
+        (collective, on the package's gloo group: see :meth:`all_reduce`)."""
+        return self._require_group().all_gather_object(obj)
+
+    def _require_group(self) -> Group:
+        if self._group is None:
+            raise RuntimeError("the training ranks are known from OnlineDataModule.setup() on")
+        return self._group
 
     def theta_of(self, sim_ids: np.ndarray) -> np.ndarray:
         """Parameters of the given runs of this rank, ``(len(sim_ids), d)``."""
@@ -539,7 +559,10 @@ class _ValidationReport(Callback):
             rank_zero_warn(f"no per-simulation validation report: {exc}")
             self._sums = None
             return
-        loss = reduce_per_sample(self.dm.val_loss_fn(pred.detach(), target))
+        pred, target = pred.detach(), target
+        if pred.dtype in (torch.float16, torch.bfloat16):  # a mixed-precision forward
+            pred, target = pred.float(), target.float()
+        loss = reduce_per_sample(self.dm.val_loss_fn(pred, target), len(target))
         n = len(loss)
         idx = np.asarray(val.requested[:n])
         del val.requested[:n]
@@ -551,8 +574,9 @@ class _ValidationReport(Callback):
         self.capture.detach()
         if self._sums is None or self._counts is None or not len(self._sums):
             return
-        both = torch.as_tensor(np.stack([self._sums, self._counts]))
-        both = trainer.strategy.reduce(both.to(pl_module.device), reduce_op="sum").cpu().numpy()
+        # host-side statistics: summed on the package's gloo group, never on the Trainer's
+        # (under NCCL its collectives need CUDA tensors)
+        both = self.dm.all_reduce(np.stack([self._sums, self._counts]), op="sum")
         seen = both[1] > 0
         if not seen.any():
             return
@@ -566,4 +590,4 @@ class _ValidationReport(Callback):
             ("val_sim_loss_p95", np.percentile(valid, 95)),
             ("val_sim_loss_max", valid.max()),
         ):
-            pl_module.log(name, float(value), sync_dist=True)  # identical on all ranks
+            pl_module.log(name, float(value))  # identical on every rank: no sync needed

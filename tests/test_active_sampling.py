@@ -183,6 +183,8 @@ def test_ddp_two_ranks_identical_sampler_state_and_exact_losses(tmp_path):
     for r in ranks:  # each rank's per-sample losses average to its module loss, every step
         a, b = np.array(r["loss_pairs"]).T
         np.testing.assert_allclose(a, b, rtol=1e-5)
+        # NCCL-safe: the package never used the Trainer's group (it would need CUDA tensors)
+        assert r["world_collectives"] == [], r["world_collectives"]
 
 
 class _TupleOut(Regressor):
@@ -232,9 +234,11 @@ def test_tuple_outputs_and_per_sample_loss_from_training_step(model_cls):
 
 def test_plot_of_runs_by_loss_goes_to_tensorboard(tmp_path):
     pytest.importorskip("matplotlib")
+    import matplotlib
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    backend = matplotlib.get_backend()
     logger = TensorBoardLogger(tmp_path, name="steer")
     active = ActiveSampling(update_every_n_steps=2, window=4, plot_every_n_updates=1)
     dm = OnlineDataModule(
@@ -257,3 +261,93 @@ def test_plot_of_runs_by_loss_goes_to_tensorboard(tmp_path):
     acc.Reload()
     assert "active/launched_parameters" in acc.Tags()["images"]
     assert "active/sim_loss_max" in acc.Tags()["scalars"]
+    assert matplotlib.get_backend() == backend  # the plot left the global backend alone
+
+
+class _Updates(Callback):
+    """Records (global_step, updates) after every batch."""
+
+    def __init__(self, active):
+        self.active, self.seen = active, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen.append((trainer.global_step, self.active.updates))
+
+
+def small_study(sampler=None, n_simulations=8):
+    return OnlineDataModule(
+        Smooth(n_steps=10),
+        ParameterSpace([0, 0], [1, 1]),
+        n_simulations=n_simulations,
+        batch_size=8,
+        buffer=FIFO(40, 8),
+        sampler=sampler or Breed(seed=0, statistic="loss"),
+    )
+
+
+def quiet_trainer(callbacks, **kw):
+    return pl.Trainer(
+        callbacks=callbacks,
+        accelerator="cpu",
+        max_steps=1000,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
+
+
+def test_one_update_per_optimizer_step_with_gradient_accumulation():
+    active = ActiveSampling(update_every_n_steps=2, window=4)
+    rec = _Updates(active)
+    quiet_trainer([active, rec], accumulate_grad_batches=3).fit(Regressor(3, 1), small_study())
+    steps = [s for s, _ in rec.seen]
+    assert len(steps) > 3 * max(steps) - 3  # several batches per optimizer step
+    # after each batch: exactly one update per even optimizer step reached so far
+    assert all(u == s // 2 for s, u in rec.seen), rec.seen
+    assert active.updates == max(steps) // 2 >= 2
+
+
+def test_bf16_mixed_losses_are_float32_and_match_the_module():
+    active = ActiveSampling(update_every_n_steps=2, window=4)
+    seen = []
+
+    class Check(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if active.last_losses is not None:
+                seen.append((active.last_losses.dtype, float(active.last_losses.mean())))
+
+    quiet_trainer([active, Check()], precision="bf16-mixed").fit(Regressor(3, 1), small_study())
+    assert seen and all(dtype == torch.float32 for dtype, _ in seen)
+    assert active.updates >= 1 and np.isfinite([m for _, m in seen]).all()
+
+
+@pytest.mark.parametrize(
+    "loss_fn",
+    [torch.nn.MSELoss(), torch.nn.functional.mse_loss, torch.nn.L1Loss(reduction="sum")],
+    ids=["MSELoss()", "F.mse_loss", "L1Loss(sum)"],
+)
+def test_the_loss_a_lightning_user_already_has_works(loss_fn):
+    active = ActiveSampling(loss_fn=loss_fn, update_every_n_steps=2, window=4)
+    quiet_trainer([active]).fit(Regressor(3, 1), small_study())
+    assert active.updates >= 1 and active.last_losses.shape == (8,)
+    assert getattr(loss_fn, "reduction", "none") in ("mean", "sum", "none")  # not changed
+
+
+def test_a_loss_that_reduces_to_a_scalar_is_refused_with_what_to_pass():
+    def scalar(pred, target):
+        return ((pred - target) ** 2).mean()
+
+    active = ActiveSampling(loss_fn=scalar, update_every_n_steps=2, window=4)
+    with pytest.raises(TypeError, match=r"one value per sample.*per_sample_loss"):
+        quiet_trainer([active]).fit(Regressor(3, 1), small_study())
+
+
+def test_a_compiled_module_steers_through_per_sample_loss():
+    """The compile-safe path: training_step returns per_sample_loss; no forward hook needed."""
+    active = ActiveSampling(update_every_n_steps=2, window=4)
+    model = _PerSample(3, 1)
+    model.compile(backend="eager")  # nn.Module.compile: torch.compile in place, no C compiler
+    quiet_trainer([active]).fit(model, small_study())
+    assert active.updates >= 1 and active.last_losses.shape == (8,)

@@ -68,8 +68,46 @@ class LossPairs(Callback):
             self.pairs.append([float(self.active.last_losses.mean()), float(outputs["loss"])])
 
 
+def guard_world_collectives() -> list[str]:
+    """Record every collective the package issues on the Trainer's (world) group: under NCCL
+    those need CUDA tensors, and host-side statistics belong on the package's gloo group."""
+    import traceback
+
+    import torch.distributed as dist
+
+    violations: list[str] = []
+    for name in (
+        "all_reduce",
+        "all_gather",
+        "all_gather_object",
+        "broadcast",
+        "broadcast_object_list",
+        "reduce",
+        "gather",
+        "all_gather_into_tensor",
+        "reduce_scatter",
+    ):
+        original = getattr(dist, name)
+
+        def wrapped(*args, _original=original, _name=name, **kwargs):
+            group = kwargs.get("group")
+            if group is None or group is dist.group.WORLD:
+                ours = [
+                    f"{f.filename}:{f.lineno}"
+                    for f in traceback.extract_stack()[:-1]
+                    if "lightning_online" in f.filename
+                ]
+                if ours:
+                    violations.append(f"{_name} on the world group from {ours[-1]}")
+            return _original(*args, **kwargs)
+
+        setattr(dist, name, wrapped)
+    return violations
+
+
 if __name__ == "__main__":
     out = sys.argv[1]
+    world_collectives = guard_world_collectives()
     steer = len(sys.argv) > 2 and sys.argv[2] == "--active"
     rank1_fails = len(sys.argv) > 2 and sys.argv[2] == "--rank1-fails"
     callbacks = [SlowStep()]
@@ -114,6 +152,7 @@ if __name__ == "__main__":
                 "sampler": dm.sampler.state_dict(),
                 "loss_pairs": callbacks[-1].pairs if steer else [],
                 "updates": callbacks[1].updates if steer else 0,
+                "world_collectives": sorted(set(world_collectives)),
             },
             f,
         )
