@@ -33,6 +33,7 @@ _LAZY = {
     "Breed": "lightning_online.steering",
     "LossProportional": "lightning_online.steering",
     "SimulationStats": "lightning_online.steering",
+    "SteeredSampler": "lightning_online.steering",
     "ExternalSolver": "lightning_online.external",
     "ExternalRunError": "lightning_online.external",
     "Direct": "lightning_online.launchers",
@@ -60,6 +61,7 @@ __all__ = [
     "SimulationStats",
     "Solver",
     "Srun",
+    "SteeredSampler",
     "StudyError",
     "StudyMonitor",
     "Uniform",
@@ -74,7 +76,7 @@ if TYPE_CHECKING:
     from lightning_online.launchers import Direct, Mpiexec, Srun
     from lightning_online.monitor import StudyMonitor
     from lightning_online.sampling import Halton, LatinHypercube, ParameterSpace, Sampler, Uniform
-    from lightning_online.steering import Breed, LossProportional, SimulationStats
+    from lightning_online.steering import Breed, LossProportional, SimulationStats, SteeredSampler
 
 
 def __getattr__(name: str) -> Any:

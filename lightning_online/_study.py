@@ -33,6 +33,7 @@ from lightning_online._store import TRIM_EVERY, SlotStore, trim_heap
 from lightning_online._wire import decode_sample
 from lightning_online.buffers import Buffer
 from lightning_online.sampling import ParameterSpace, Sampler
+from lightning_online.steering import steered_rows
 
 log = logging.getLogger("lightning_online")
 
@@ -478,12 +479,7 @@ class Study:
         mine: list[tuple[np.ndarray, bool]] = []
         if want.sum() > 0:
             thetas = self.sampler.draw(self.space, int(want.sum()))
-            mask = getattr(self.sampler, "last_bred_mask", None)
-            steered = (
-                np.asarray(mask, dtype=bool)
-                if mask is not None and len(mask) == len(thetas)
-                else np.zeros(len(thetas), dtype=bool)
-            )
+            steered = steered_rows(self.sampler, len(thetas))
             start = int(want[: self.group.rank].sum())
             stop = start + int(want[self.group.rank])
             mine = list(zip(thetas[start:stop], steered[start:stop].tolist(), strict=True))

@@ -29,7 +29,7 @@ from lightning_online._capture import (
     reduce_per_sample,
 )
 from lightning_online.data import OnlineDataModule
-from lightning_online.steering import SimulationStats
+from lightning_online.steering import SimulationStats, SteeredSampler
 
 __all__ = ["ActiveSampling"]
 
@@ -229,8 +229,9 @@ class ActiveSampling(Callback):
         self.last_stats = stats
         pl_module.log("active/sim_loss_mean", float(mean.mean()))
         pl_module.log("active/sim_loss_max", float(mean.max()))
-        pl_module.log("active/bred_fraction", float(getattr(dm.sampler, "last_bred_fraction", 0.0)))
-        pl_module.log("active/generation", float(getattr(dm.sampler, "generation", 0)))
+        if isinstance(dm.sampler, SteeredSampler):
+            pl_module.log("active/bred_fraction", float(dm.sampler.last_bred_fraction))
+            pl_module.log("active/generation", float(dm.sampler.generation))
         if self.plot_every_n_updates and self.updates % self.plot_every_n_updates == 0:
             self._plot(trainer, dm, stats)
 

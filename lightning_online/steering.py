@@ -28,7 +28,7 @@ from scipy.spatial import cKDTree
 
 from lightning_online.sampling import ParameterSpace, Sampler, Uniform, _GeneratorSampler
 
-__all__ = ["Breed", "LossProportional", "SimulationStats"]
+__all__ = ["Breed", "LossProportional", "SimulationStats", "SteeredSampler"]
 
 # Floor on the normalised parent weights (relative to the largest), so that an all-zero
 # statistic gives uniform parents and no qualifying run is ever impossible to pick.
@@ -135,7 +135,70 @@ def _check_real(value: Any, what: str, owner: str, *, positive: bool = False) ->
     return v
 
 
-class _SteeredSampler(_GeneratorSampler):
+class SteeredSampler(Sampler):
+    """Base class of samplers steered by the training loss: the contract that
+    ``ActiveSampling`` and the study rely on (``Breed`` and ``LossProportional`` follow it; a
+    custom loss-driven sampler subclasses it, see docs/howto.md).
+
+    * ``update(stats)``: ``ActiveSampling`` calls it on every rank with identical
+      :class:`SimulationStats` every ``update_every_n_steps`` optimizer steps; a sampler whose
+      distribution changed increments ``generation``.
+    * ``draw(space, n)`` sets ``last_bred_mask`` (bool ``(n,)``: which rows followed the
+      statistics) and ``last_bred_fraction`` (their share). Drawn rows wait in a short queue
+      before they are launched; at the next update the study drops the *steered* ones (they
+      followed the old statistics) and keeps the others (an exploration sequence then skips no
+      point). A subclass that draws everything from the statistics sets the whole mask.
+    * Keep ``generation``, ``last_bred_*`` and whatever fixes future draws in ``state_dict``
+      (this base class saves its three attributes), so that a resumed run and every DDP rank
+      draw the same.
+
+    Attributes:
+        generation: updates that changed the distribution so far.
+        last_bred_mask: bool ``(n,)`` of the last draw.
+        last_bred_fraction: share of steered rows in the last draw.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.generation: int = 0
+        self.last_bred_fraction: float = 0.0
+        self.last_bred_mask: np.ndarray = np.zeros(0, dtype=bool)
+
+    def steered_rows(self, n: int) -> np.ndarray:
+        """The ``last_bred_mask`` of a draw of ``n`` rows, checked: a sampler that breaks the
+        contract is named, instead of its stale draws silently being kept."""
+        mask = np.asarray(self.last_bred_mask, dtype=bool).reshape(-1)
+        if len(mask) != n:
+            raise ValueError(
+                f"{type(self).__name__}.draw returned {n} rows but set last_bred_mask for "
+                f"{len(mask)}: a SteeredSampler sets last_bred_mask (bool, one per row) in draw"
+            )
+        return mask
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "generation": self.generation,
+            "last_bred_fraction": self.last_bred_fraction,
+            "last_bred_mask": np.asarray(self.last_bred_mask, dtype=bool).tolist(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.generation = int(state.get("generation", 0))
+        self.last_bred_fraction = float(state.get("last_bred_fraction", 0.0))
+        self.last_bred_mask = np.array(state.get("last_bred_mask", []), dtype=bool)
+
+
+def steered_rows(sampler: Sampler, n: int) -> np.ndarray:
+    """Which of the ``n`` rows the sampler just drew followed the statistics (none for a
+    sampler that is not a :class:`SteeredSampler`)."""
+    if isinstance(sampler, SteeredSampler):
+        return sampler.steered_rows(n)
+    return np.zeros(n, dtype=bool)
+
+
+class _SteeredSampler(_GeneratorSampler, SteeredSampler):
     """Shared plumbing: a space-filling ``non_breed`` sampler, a generation counter, logging."""
 
     _SEED_TAG = 0
@@ -149,9 +212,6 @@ class _SteeredSampler(_GeneratorSampler):
                 f"{type(self).__name__}: non_breed must be a Sampler, got {type(non_breed).__name__}"
             )
         self.non_breed: Sampler = non_breed
-        self.generation: int = 0
-        self.last_bred_fraction: float = 0.0
-        self.last_bred_mask: np.ndarray = np.zeros(0, dtype=bool)
 
     def _check_draw(self, space: ParameterSpace, n: Any) -> int:
         # Same refusals as Sampler.draw, which these samplers override.
@@ -182,19 +242,10 @@ class _SteeredSampler(_GeneratorSampler):
         return np.clip(space.to_unit(theta), 0.0, 1.0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "generation": self.generation,
-            "last_bred_fraction": self.last_bred_fraction,
-            "last_bred_mask": self.last_bred_mask.tolist(),
-            "non_breed": self.non_breed.state_dict(),
-        }
+        return {**super().state_dict(), "non_breed": self.non_breed.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.generation = int(state["generation"])
-        self.last_bred_fraction = float(state["last_bred_fraction"])
-        self.last_bred_mask = np.array(state["last_bred_mask"], dtype=bool)
         self.non_breed.load_state_dict(state["non_breed"])
 
 

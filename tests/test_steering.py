@@ -476,3 +476,67 @@ def test_loss_proportional_determinism() -> None:
 
     np.testing.assert_array_equal(run(3), run(3))
     assert not np.array_equal(run(3), run(4))
+
+
+def _howto_code(section: str) -> str:
+    """The Python blocks of one section of docs/howto.md, as a user would copy them."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "howto.md").read_text()
+    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    return "\n".join(re.findall(r"```python\n(.*?)```", body, flags=re.S))
+
+
+@pytest.mark.timeout(240)
+def test_the_howto_samplers_run_in_a_study(no_orphans):
+    import lightning.pytorch as pl
+    from _models import Regressor
+    from _solvers import HardCorner
+
+    from lightning_online import FIFO, ActiveSampling, OnlineDataModule, SteeredSampler
+
+    scope: dict = {}
+    exec(_howto_code("Write your own sampler"), scope)
+    space = ParameterSpace([0, 0], [1, 1])
+    corners = scope["Corners"](seed=0).draw(space, 6)
+    assert {tuple(c) for c in corners[:4]} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    sampler = scope["AroundWorst"](sigma=0.05, seed=0)
+    assert isinstance(sampler, SteeredSampler)
+    dm = OnlineDataModule(
+        HardCorner(),
+        space,
+        n_simulations=40,
+        batch_size=16,
+        n_workers=2,
+        sampler=sampler,
+        buffer=FIFO(48, watermark=16),
+    )
+    active = ActiveSampling(update_every_n_steps=4, window=8)
+    pl.Trainer(
+        callbacks=[active],
+        accelerator="cpu",
+        max_steps=10_000,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(Regressor(3, 1, hidden=32, lr=3e-3), dm)
+    assert active.updates >= 2 and sampler.generation == active.updates
+    # after the first updates, the runs launched cluster around one point (steered draws
+    # queued before an update were dropped, the rest follow the new worst run)
+    late = dm.launched_parameters[-10:]
+    assert late.std(axis=0).max() < 0.2
+
+
+def test_a_sampler_that_breaks_the_contract_is_named():
+    from lightning_online import SteeredSampler
+
+    class Broken(SteeredSampler):
+        def _draw_unit(self, d, n):
+            return np.zeros((n, d))
+
+    s = Broken(seed=0)
+    s.draw(ParameterSpace([0], [1]), 3)
+    with pytest.raises(ValueError, match=r"Broken\.draw returned 3 rows but set last_bred_mask"):
+        s.steered_rows(3)
