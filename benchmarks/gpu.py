@@ -34,9 +34,9 @@ The three checks:
 ``ddp``: a short steered study (Heat2D, ``sampler=Breed``, ``ActiveSampling(update_every_n_steps=2)``)
     under ``Trainer(accelerator="gpu", devices=1, strategy=DDPStrategy(process_group_backend=
     "nccl"))``. It passes when the fit ends, ran on the expected backend and the callback made at
-    least one sampler update (so its cross-rank reduce ran). A failure is reported with its
-    exception text; known at the time of writing: ``ActiveSampling`` hands CPU tensors to
-    ``trainer.strategy.reduce``, which NCCL refuses.
+    least one sampler update (so its cross-rank gather ran). A failure is reported with its
+    exception text and traceback. (``ActiveSampling`` gathers its statistics on the package's
+    gloo group, never on the Trainer's NCCL one: this check confirms it on a GPU.)
 
 ``--dry-run`` runs the same three checks on CPU (``accelerator="cpu"``, gloo instead of NCCL, a few
 steps, one repeat); its figures say nothing about a GPU.
@@ -73,8 +73,7 @@ The JSON:
   launched, completed, failed, samples received, ...), ``n_simulations``.
 * ``checks.ddp.result``: ``config``, ``backend`` (the process group's, seen at train start),
   ``world_size``, ``device``, ``fit_s``, ``global_step``, ``updates`` (sampler updates made by
-  ``ActiveSampling``), ``stats``, and when it raised ``in_active_sampling_reduce`` (the traceback
-  passes through ``ActiveSampling._update`` and a ``reduce``: the known bug).
+  ``ActiveSampling``), ``stats``.
 """
 
 from __future__ import annotations
@@ -110,7 +109,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 import throughput  # noqa: E402
 from _common import OUT, summary, table  # noqa: E402
-from throughput import D_IN, D_OUT, MLP, Clock, Precomputed  # noqa: E402
+from throughput import D_IN, D_OUT, MLP, Clock, stream  # noqa: E402
 
 from lightning_online import (  # noqa: E402
     ActiveSampling,
@@ -315,15 +314,7 @@ def p1_side(p: dict[str, Any], side: str, pin: bool | None) -> tuple[float, floa
         loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True, pin_memory=True)
         p1_trainer(p, clock).fit(model, loader)
     else:
-        dm = OnlineDataModule(
-            Precomputed(),
-            ParameterSpace([0, 0], [1, 1]),
-            n_simulations=10_000,
-            batch_size=batch,
-            n_workers=1,
-            buffer=Reservoir(16 * batch, watermark=8 * batch),
-            **({} if pin is None else {"pin_memory": pin}),
-        )
+        dm = stream(batch, **({} if pin is None else {"pin_memory": pin}))
         p1_trainer(p, clock).fit(model, dm)
     pinned = sum(model.pinned) / len(model.pinned) if model.pinned else None
     return clock.rate, pinned
@@ -443,16 +434,6 @@ class Backend(Callback):
             self.world_size = torch.distributed.get_world_size()
 
 
-def in_active_sampling_reduce(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised by a cross-rank reduce called from ``ActiveSampling._update``
-    (the known bug: CPU tensors handed to ``trainer.strategy.reduce``, which NCCL refuses)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    for i, f in enumerate(frames):
-        if Path(f.filename).name == "active_sampling.py" and f.name == "_update":
-            return "reduce" in (f.line or "") or any("reduce" in g.name for g in frames[i + 1 :])
-    return False
-
-
 def check_ddp(p: dict[str, Any]) -> dict[str, Any]:
     from lightning.pytorch.strategies import DDPStrategy
 
@@ -503,7 +484,6 @@ def check_ddp(p: dict[str, Any]) -> dict[str, Any]:
             "global_step": trainer.global_step,
             "updates": steer.updates,
             "stats": dict(dm.stats),
-            "in_active_sampling_reduce": in_active_sampling_reduce(exc),
         }
     result |= {
         "fit_s": time.perf_counter() - t0,
@@ -695,10 +675,6 @@ def report(result: dict[str, Any]) -> str:
     for name, rec in result["checks"].items():
         if rec["status"] != "pass":
             lines += ["", f"{name} {rec['status']}: {rec['error']}"]
-            if rec["result"].get("in_active_sampling_reduce"):
-                lines.append(
-                    "  (raised in ActiveSampling._update's strategy.reduce: the known bug)"
-                )
             if rec.get("hung_at_exit"):
                 lines.append("  (its process did not exit after writing its result: stopped)")
     lines += ["", "DRY RUN: all figures above are from the CPU" if result["dry_run"] else ""]

@@ -18,6 +18,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -98,16 +99,22 @@ def trainer(steps: int, clock: Clock) -> pl.Trainer:
     )
 
 
-def online(steps: int, batch: int, hidden: int, warmup: int, delay: float) -> float:
-    clock = Clock(warmup)
-    dm = OnlineDataModule(
-        Precomputed(),
+def stream(batch: int, delay: float = 0.0, **kwargs: Any) -> OnlineDataModule:
+    """The online side: precomputed samples through the whole data path, buffer kept full."""
+    return OnlineDataModule(
+        Precomputed(delay=delay),
         ParameterSpace([0, 0], [1, 1]),
         n_simulations=10_000,
         batch_size=batch,
         n_workers=1,
         buffer=Reservoir(16 * batch, watermark=8 * batch),
+        **kwargs,
     )
+
+
+def online(steps: int, batch: int, hidden: int, warmup: int, delay: float) -> float:
+    clock = Clock(warmup)
+    dm = stream(batch, delay)
     torch.manual_seed(0)
     trainer(steps, clock).fit(MLP(hidden), dm)
     return clock.rate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 
@@ -57,3 +58,13 @@ def no_orphans(monkeypatch):
         time.sleep(0.1)
     left = solver_processes(marker)
     assert not left, f"solver processes left behind: {[p.cmdline() for p in left]}"
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether this machine can listen on ::1 (IPv6 tests skip without it)."""
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False

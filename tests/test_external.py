@@ -7,7 +7,6 @@ The programs here are real processes (a Python client program, started directly 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import psutil
 import pytest
 from _models import Regressor
-from conftest import solver_processes
+from conftest import has_ipv6_loopback, solver_processes
 
 from lightning_online import (
     FIFO,
@@ -287,15 +286,6 @@ class Count(pl.Callback):
 
     def on_train_batch_end(self, *args) -> None:
         self.fn()
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")

@@ -11,14 +11,10 @@ import math
 import os
 import subprocess
 import sys
-import traceback
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
-
-from lightning_online import ActiveSampling
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py"
 
@@ -113,22 +109,6 @@ def test_a_failing_check_is_reported_with_its_exception(gpu):
     assert record["status"] == "fail" and record["returncode"] == 1 and not record["killed"]
     assert record["error"].startswith("RuntimeError") and "NCCL" in record["error"]
     assert "Traceback" in record["traceback"] and record["log_tail"]
-    assert record["result"]["in_active_sampling_reduce"] is False
-
-
-def test_the_known_active_sampling_bug_is_recognised(gpu):
-    class NcclLike:  # refuses CPU tensors, as a process group with only NCCL does
-        def reduce(self, tensor, reduce_op=None):
-            raise RuntimeError("No backend type associated with device type cpu")
-
-    steer = ActiveSampling(update_every_n_steps=2, window=4)
-    with pytest.raises(RuntimeError) as exc:
-        steer._update(SimpleNamespace(strategy=NcclLike()), None, None)
-    assert gpu.in_active_sampling_reduce(exc.value), traceback.format_exception(exc.value)
-
-    with pytest.raises(RuntimeError) as other:
-        NcclLike().reduce(torch.zeros(1))
-    assert not gpu.in_active_sampling_reduce(other.value)
 
 
 def test_p1_sides_follow_the_pin_memory_argument(gpu):

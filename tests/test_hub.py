@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 import pytest
 from _models import Regressor
-from conftest import MARKER, solver_processes
+from conftest import MARKER, has_ipv6_loopback, solver_processes
 
 from lightning_online import (
     FIFO,
@@ -123,15 +123,6 @@ def gate_program(tmp_path_factory) -> Path:
         return build([GATE_SOURCE], out, compiler=cc, flags=flags)
     except (FileNotFoundError, RuntimeError) as exc:
         pytest.skip(f"no C compiler for the gate program: {exc}")
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 # -- connections ----------------------------------------------------------------------------
