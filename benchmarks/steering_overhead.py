@@ -96,6 +96,9 @@ class FakeOnline(OnlineDataModule):
     def theta_of(self, sim_ids):
         return self.thetas[sim_ids]
 
+    def all_gather_object(self, obj):
+        return [obj]  # one process
+
     def teardown(self, stage):
         pass
 
