@@ -342,15 +342,23 @@ class Study:
             with self._lock:
                 self.count.samples_rejected += k
             return
-        if run.validation:
-            for blob in blobs:
-                sample = decode_sample(blob)
-                fields = tuple(a.copy() for a in sample.fields)
-                self.val_samples.setdefault(sim_id, []).append(fields[0] if sample.bare else fields)
+        try:  # a message that cannot be decoded fails its run, never the receiver thread
+            if run.validation:
+                for blob in blobs:
+                    sample = decode_sample(blob)
+                    fields = tuple(a.copy() for a in sample.fields)
+                    item = fields[0] if sample.bare else fields
+                    self.val_samples.setdefault(sim_id, []).append(item)
+                return
+            if not self.store.configured:
+                decode_sample(blobs[0])  # the first sample fixes the layout: whole and sound
+                self.store.configure(blobs[0])
+        except ValueError as exc:
+            with self._lock:
+                self._rejected_sims[sim_id] = f"a sample could not be decoded: {exc}"
+                self.count.samples_rejected += k
             return
         store = self.store
-        if not store.configured:
-            store.configure(blobs[0])
         bad = store.check(blobs)
         good = blobs if bad is None else blobs[: bad[0]]
         if slots is None:

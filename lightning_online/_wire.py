@@ -8,6 +8,7 @@ corrupted or foreign message fails loudly instead of being misread.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable
 from typing import NamedTuple
@@ -194,7 +195,9 @@ def decode_sample(buf: np.ndarray) -> Sample:
             raise ValueError(f"sample message field {i} has a bad header ({code=}, {ndim=})")
         dtype = DTYPES[code]
         shape = tuple(int(s) for s in header[off + 2 : off + 2 + ndim])
-        count = int(np.prod(shape, dtype=np.int64))
+        if any(n < 0 for n in shape):
+            raise ValueError(f"sample message field {i} has a negative extent {shape}")
+        count = math.prod(shape)  # Python integers: no wrap-around
         if pos + count * dtype.itemsize > buf.nbytes:
             raise ValueError(f"sample message field {i} runs past the end of the message")
         fields.append(np.frombuffer(buf, dtype=dtype, count=count, offset=pos).reshape(shape))

@@ -183,3 +183,34 @@ def test_a_message_lands_straight_in_back_to_back_free_slots():
     padded = SlotStore(4)
     padded.configure(blob(0, 0, np.zeros(2, np.float32)))  # 120 bytes, slots of 128
     assert padded.take_run(2) is None and padded.take_run(1) == [0]
+
+
+def test_a_sample_that_cannot_be_decoded_fails_its_run_not_the_study():
+    """A malformed first message (bad header, extents that overflow or run past its end) is
+    refused with the reason and its run fails; the receiver thread goes on."""
+    from lightning_online import FIFO, ParameterSpace, Uniform
+    from lightning_online._dist import Group
+    from lightning_online._study import Study
+
+    study = Study(
+        space=ParameterSpace([0], [1]),
+        sampler=Uniform(seed=0),
+        buffer=FIFO(16),
+        n_simulations=4,
+        n_workers=1,
+        batch_size=4,
+        max_retries=0,
+        max_failed_fraction=1.0,
+        group=Group(),
+    )
+    study.sync()
+    sim_id, _ = study.next_task()
+    good = blob(sim_id, 0, np.zeros(3, np.float32))
+    for bad_word, value in ((3, 99), (6, 2**62), (6, -1), (0, 7)):  # n_fields, shape, magic
+        forged = good.copy()
+        forged.view(np.int64)[bad_word] = value
+        study.on_sample(forged)
+    assert sim_id in study._rejected_sims and "could not be decoded" in study._rejected_sims[sim_id]
+    study.on_end(sim_id, True, 1, 0.1, "")
+    assert study.runs[sim_id].status == "failed"
+    assert study.count.samples_rejected == 4 and not study.store.configured
