@@ -366,17 +366,9 @@ N_RUNS = 1000
 N_STEPS = 5
 
 
-@pytest.mark.timeout(120)
-def test_a_thousand_runs_in_flight_into_one_rank(gate_program, tmp_path):
-    """1,000 C programs at once, each connected to this process: each sends step 0, then waits
-    on a named pipe that the handler opens (one byte per run) only once all 1,000 have sent
-    their step 0, so that every run is provably in flight at the same moment.
-
-    Open files: 1,000 sockets here (the pool lifts its soft limit to what n_workers needs, up
-    to the hard limit) and 1,000 output pipes in the launcher helper (which lifts its own)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 2 * N_RUNS + 512:
-        pytest.skip(f"the hard limit on open files ({hard}) is too low for {N_RUNS} runs")
+def gated_solver(gate_program, tmp_path) -> tuple[int, ExternalSolver]:
+    """Programs that send their first step, then wait until the test writes one byte each to
+    a named pipe (the gate): the file descriptor to write to, and the solver."""
     gate = tmp_path / "gate"
     os.mkfifo(gate)
     # Read-write, so that the programs' opens never block and the pipe never sees its end.
@@ -388,6 +380,21 @@ def test_a_thousand_runs_in_flight_into_one_rank(gate_program, tmp_path):
         n_steps=N_STEPS,
         connect_timeout=60,
     )
+    return gate_fd, solver
+
+
+@pytest.mark.timeout(120)
+def test_a_thousand_runs_in_flight_into_one_rank(gate_program, tmp_path):
+    """1,000 C programs at once, each connected to this process: each sends step 0, then waits
+    on a named pipe that the handler opens (one byte per run) only once all 1,000 have sent
+    their step 0, so that every run is provably in flight at the same moment.
+
+    Open files: 1,000 sockets here (the pool lifts its soft limit to what n_workers needs, up
+    to the hard limit) and 1,000 output pipes in the launcher helper (which lifts its own)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2 * N_RUNS + 512:
+        pytest.skip(f"the hard limit on open files ({hard}) is too low for {N_RUNS} runs")
+    gate_fd, solver = gated_solver(gate_program, tmp_path)
     handler = Recorder([[float(i)] for i in range(N_RUNS)])
     opened_at: list[float] = []
     connections: list[int] = []
@@ -427,16 +434,7 @@ def test_a_thousand_runs_in_flight_into_one_rank(gate_program, tmp_path):
 def test_a_thousand_runs_through_a_trainer(gate_program, tmp_path):
     """The same 1,000 programs at once, in a study: OnlineDataModule with n_workers=1000 and a
     Lightning Trainer. The gate opens once the rank holds 1,000 connections."""
-    gate = tmp_path / "gate"
-    os.mkfifo(gate)
-    gate_fd = os.open(gate, os.O_RDWR | os.O_NONBLOCK)
-    solver = ExternalSolver(
-        [str(gate_program), str(gate), str(N_STEPS), "4", "0"],
-        fields=["x", "y"],
-        launcher="direct",
-        n_steps=N_STEPS,
-        connect_timeout=60,
-    )
+    gate_fd, solver = gated_solver(gate_program, tmp_path)
     dm = OnlineDataModule(
         solver,
         ParameterSpace([0.0], [1.0]),
