@@ -80,7 +80,7 @@ class Handler:
         for blob in blobs:
             self.on_sample(blob)
 
-    def slot_for(self, nbytes: int) -> None:  # no sample memory of its own
+    def slots_for(self, k: int, nbytes: int) -> None:  # no sample memory of its own
         return None
 
     def on_end(self, sim_id, ok, n_steps, seconds, reason) -> None:

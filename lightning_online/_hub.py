@@ -932,8 +932,8 @@ class ExternalPool(ReceiverPool):
         self.solver = solver
         self._hub: _Hub | None = None
         self._scratch = np.empty(0, dtype=np.uint8)  # samples are encoded into it...
-        # ...or into a slot of the handler's sample memory, when it has slot_for/on_slot
-        self._slot_for = getattr(handler, "slot_for", None)
+        # ...or into a slot of the handler's sample memory, when it has slots_for/on_slots
+        self._slots_for = getattr(handler, "slots_for", None)
         self._slot: int | None = None
         self.max_in_flight = 0  # most runs in flight at once so far
 
@@ -1039,17 +1039,17 @@ class ExternalPool(ReceiverPool):
         self._slot = None
         blob = encode_sample(run.sim_id, step, fields, bare=False, alloc=self._alloc)
         if self._slot is not None:
-            self.handler.on_slot(self._slot)  # type: ignore[attr-defined]
+            self.handler.on_slots([self._slot])
         else:
             self.handler.on_sample(blob)
         return None
 
     def _alloc(self, nbytes: int) -> np.ndarray:
-        if self._slot_for is not None:
-            got = self._slot_for(nbytes)
+        if self._slots_for is not None:
+            got = self._slots_for(1, nbytes)
             if got is not None:
-                self._slot, memory = got
-                return memory
+                (self._slot,), memory = got
+                return memory[0]
         if self._scratch.nbytes < nbytes:
             self._scratch = np.empty(nbytes, dtype=np.uint8)
         return self._scratch[:nbytes]

@@ -21,19 +21,22 @@ from __future__ import annotations
 
 import ctypes
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from lightning_online._wire import DTYPES, MAX_DIMS, coalesce_limit, describe, signature
+from lightning_online._wire import (
+    MAGIC_BARE,
+    coalesce_limit,
+    decode_sample,
+    describe,
+    read_header,
+    signature,
+)
 
 __all__ = ["SlotStore"]
-
-_FIELD = 2 + MAX_DIMS  # int64 words per field in the wire header (see _wire)
-_HEAD = 4
 
 
 def _pad(n: int, k: int = 16) -> int:
@@ -108,11 +111,9 @@ class SlotStore:
         self.signature: tuple[int, ...] | None = None
         self.mem: np.ndarray | None = None
         self._template: np.ndarray | None = None  # the header words that must match
-        self._fields: list[tuple[np.dtype, tuple[int, ...], int]] = []  # dtype, shape, offset
         self._views: list[torch.Tensor] = []  # field i of every slot: (n_slots, *shape)
         self._pools: list[_BatchPool] = []
         self._free: deque[int] = deque()  # append/popleft are atomic: no lock needed
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ receiver thread
     @property
@@ -120,18 +121,9 @@ class SlotStore:
         return self.mem is not None
 
     def configure(self, blob: np.ndarray) -> None:
-        """Fix the layout from the study's first sample and allocate the memory (once)."""
-        head = np.frombuffer(blob, dtype=np.int64, count=_HEAD)
-        n_fields = int(head[3])
-        header = np.frombuffer(blob, dtype=np.int64, count=_HEAD + _FIELD * n_fields).copy()
-        pos = header.nbytes
-        fields = []
-        for i in range(n_fields):
-            off = _HEAD + _FIELD * i
-            dtype = DTYPES[int(header[off])]
-            shape = tuple(int(s) for s in header[off + 2 : off + 2 + int(header[off + 1])])
-            fields.append((dtype, shape, pos))
-            pos += -(-int(np.prod(shape, dtype=object)) * dtype.itemsize // 8) * 8
+        """Fix the layout from the study's first sample and allocate the memory (once);
+        ``ValueError`` if the sample is not whole and sound."""
+        header, fields = read_header(blob)
         size = int(blob.nbytes)
         self.spare = coalesce_limit(size)
         self.n_slots = self.capacity + self.spare
@@ -147,16 +139,15 @@ class SlotStore:
                 f"cannot allocate {self.n_slots} sample slots of {size} bytes "
                 f"({self.n_slots * stride / 2**30:.1f} GiB): lower the buffer's capacity"
             ) from exc
-        views = []
-        for dtype, shape, offset in fields:
-            nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
-            arr = mem[:, offset : offset + nbytes].view(dtype).reshape(self.n_slots, *shape)
-            views.append(torch.from_numpy(arr))
-        self._template = header
-        self._fields = fields
-        self._views = views
-        self._pools = [_BatchPool(dtype) for dtype, _, _ in fields]
-        self.bare = bool(head[0] == 0x4C4F4E42)  # _wire.MAGIC_BARE
+        self._views = [
+            torch.from_numpy(
+                mem[:, f.offset : f.offset + f.nbytes].view(f.dtype).reshape(self.n_slots, *f.shape)
+            )
+            for f in fields
+        ]
+        self._template = header.copy()
+        self._pools = [_BatchPool(f.dtype) for f in fields]
+        self.bare = bool(header[0] == MAGIC_BARE)
         self.signature = (self.bare, *signature(header))
         self.size = size
         self._free = deque(range(self.n_slots))
@@ -178,8 +169,6 @@ class SlotStore:
         return None
 
     def _mismatch(self, blob: np.ndarray) -> str:
-        from lightning_online._wire import decode_sample
-
         assert self.signature is not None
         try:
             s = decode_sample(blob)
@@ -249,7 +238,3 @@ class SlotStore:
             torch.index_select(view, 0, index, out=dst)
             out.append(dst)
         return out
-
-    def read(self, slot: int) -> tuple[np.ndarray, ...]:
-        """Copies of the fields of one slot (for tests and diagnostics)."""
-        return tuple(v[slot].numpy().copy() for v in self._views)

@@ -298,15 +298,6 @@ class Study:
         rows = store.mem[slots[0] : slots[0] + len(slots), : store.size]  # type: ignore[index]
         self.on_samples(rows, slots)
 
-    def slot_for(self, nbytes: int) -> tuple[int, np.ndarray] | None:
-        """One free slot to receive one sample of ``nbytes`` straight into (receiver thread)."""
-        got = self.slots_for(1, nbytes)
-        return None if got is None else (got[0][0], got[1][0])
-
-    def on_slot(self, slot: int) -> None:
-        """The sample received into ``slot`` is complete (receiver thread)."""
-        self.on_slots([slot])
-
     def on_samples(self, blobs: np.ndarray, slots: list[int] | None = None) -> None:
         """``(k, size)`` samples in the ``_wire`` format, in step order (receiver thread; the
         memory is only valid during the call: what is kept is copied into slots). With
@@ -350,8 +341,7 @@ class Study:
                     item = fields[0] if sample.bare else fields
                     self.val_samples.setdefault(sim_id, []).append(item)
                 return
-            if not self.store.configured:
-                decode_sample(blobs[0])  # the first sample fixes the layout: whole and sound
+            if not self.store.configured:  # the first sample fixes the layout (checked)
                 self.store.configure(blobs[0])
         except ValueError as exc:
             with self._lock:

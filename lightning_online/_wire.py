@@ -19,6 +19,7 @@ __all__ = [
     "DTYPES",
     "MAX_DIMS",
     "MAX_FIELDS",
+    "Field",
     "Sample",
     "all_finite",
     "check_step",
@@ -27,6 +28,7 @@ __all__ = [
     "decode_sample",
     "encode_end",
     "encode_sample",
+    "read_header",
     "signature",
 ]
 
@@ -175,8 +177,18 @@ def encode_sample(
     return buf
 
 
-def decode_sample(buf: np.ndarray) -> Sample:
-    """Decode a buffer made by :func:`encode_sample`; the arrays are views into ``buf``."""
+class Field(NamedTuple):
+    """Where one field of a sample lies in its wire buffer."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int  # bytes from the start of the buffer
+    nbytes: int
+
+
+def read_header(buf: np.ndarray) -> tuple[np.ndarray, list[Field]]:
+    """The checked int64 header of a buffer made by :func:`encode_sample` and the place of each
+    field; raises ``ValueError`` for anything that is not a whole, sound sample."""
     if buf.nbytes < 8 * _HEAD:
         raise ValueError(f"sample message too short ({buf.nbytes} bytes)")
     head = np.frombuffer(buf, dtype=np.int64, count=_HEAD)
@@ -197,13 +209,25 @@ def decode_sample(buf: np.ndarray) -> Sample:
         shape = tuple(int(s) for s in header[off + 2 : off + 2 + ndim])
         if any(n < 0 for n in shape):
             raise ValueError(f"sample message field {i} has a negative extent {shape}")
-        count = math.prod(shape)  # Python integers: no wrap-around
-        if pos + count * dtype.itemsize > buf.nbytes:
+        nbytes = math.prod(shape) * dtype.itemsize  # Python integers: no wrap-around
+        if pos + nbytes > buf.nbytes:
             raise ValueError(f"sample message field {i} runs past the end of the message")
-        fields.append(np.frombuffer(buf, dtype=dtype, count=count, offset=pos).reshape(shape))
-        pos += _pad8(count * dtype.itemsize)
-    bare = bool(head[0] == MAGIC_BARE)
-    return Sample(int(head[1]), int(head[2]), tuple(fields), (bare, *signature(header)), bare)
+        fields.append(Field(dtype, shape, pos, nbytes))
+        pos += _pad8(nbytes)
+    return header, fields
+
+
+def decode_sample(buf: np.ndarray) -> Sample:
+    """Decode a buffer made by :func:`encode_sample`; the arrays are views into ``buf``."""
+    header, fields = read_header(buf)
+    arrays = tuple(
+        np.frombuffer(
+            buf, dtype=f.dtype, count=f.nbytes // f.dtype.itemsize, offset=f.offset
+        ).reshape(f.shape)
+        for f in fields
+    )
+    bare = bool(header[0] == MAGIC_BARE)
+    return Sample(int(header[1]), int(header[2]), arrays, (bare, *signature(header)), bare)
 
 
 def signature(header: np.ndarray) -> tuple[int, ...]:
