@@ -139,7 +139,9 @@ def signal_name(returncode: int) -> str:
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """Ask Linux to send ``sig`` to this process when its parent dies, so that no solver is ever
-    orphaned (also usable as a ``preexec_fn``)."""
+    orphaned. Called by the process itself, not as a ``preexec_fn`` (it imports ctypes, which a
+    child forked from a threaded process must not do; ``_launchd`` resolves ``prctl`` before it
+    forks)."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes

@@ -125,35 +125,32 @@ class Buffer(abc.ABC):
         """
         with self._cond:
             self._cond.wait_for(lambda: self._closed or self._room(), timeout)
-            if self._closed:
-                raise RuntimeError(f"put on a closed {type(self).__name__} buffer")
-            if not self._room():
-                return False
-            self._add(item)
-            self._received += 1
-            self._cond.notify_all()
-            leaving = self._pop_released()
+            added, leaving = self._extend([item])
         self._notify_released(leaving)
-        return True
+        return added == 1
 
     def put_many(self, items: list[Any]) -> int:
         """Add as many of ``items`` (in order) as there is room for now, without blocking;
         returns how many were added. Raises RuntimeError if the buffer is closed."""
         with self._cond:
-            if self._closed:
-                raise RuntimeError(f"put on a closed {type(self).__name__} buffer")
-            added = 0
-            for item in items:
-                if not self._room():
-                    break
-                self._add(item)
-                added += 1
-            if added:
-                self._received += added
-                self._cond.notify_all()
-            leaving = self._pop_released()
+            added, leaving = self._extend(items)
         self._notify_released(leaving)
         return added
+
+    def _extend(self, items: list[Any]) -> tuple[int, list[Any]]:
+        # Lock held: add items while there is room; how many, and what left the buffer.
+        if self._closed:
+            raise RuntimeError(f"put on a closed {type(self).__name__} buffer")
+        added = 0
+        for item in items:
+            if not self._room():
+                break
+            self._add(item)
+            added += 1
+        if added:
+            self._received += added
+            self._cond.notify_all()
+        return added, self._pop_released()
 
     def has_room(self) -> bool:
         """Whether a put would succeed now; the receiver stops receiving while False."""
