@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["OutputCapture", "default_pred", "default_target", "elementwise", "per_sample_mse"]
+__all__ = [
+    "OutputCapture",
+    "default_pred",
+    "default_target",
+    "elementwise",
+    "per_sample_loss",
+    "per_sample_mse",
+]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -75,6 +82,15 @@ def elementwise(loss_fn: LossFn | None) -> LossFn:
     if "reduction" in params:
         return functools.partial(loss_fn, reduction="none")
     return loss_fn
+
+
+def per_sample_loss(loss_fn: LossFn, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) loss of each sample of a batch: ``loss_fn`` (elementwise) on the detached prediction,
+    in float32 when the forward ran in half precision (``bf16-mixed``/``16-mixed``)."""
+    pred = pred.detach()
+    if pred.dtype in (torch.float16, torch.bfloat16):
+        pred, target = pred.float(), target.float()
+    return reduce_per_sample(loss_fn(pred, target), len(target))
 
 
 def reduce_per_sample(loss: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:

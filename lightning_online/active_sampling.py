@@ -26,7 +26,7 @@ from lightning_online._capture import (
     default_pred,
     default_target,
     elementwise,
-    reduce_per_sample,
+    per_sample_loss,
 )
 from lightning_online.data import OnlineDataModule
 from lightning_online.steering import SimulationStats, SteeredSampler
@@ -179,10 +179,7 @@ class ActiveSampling(Callback):
         if out is None:
             rank_zero_warn("ActiveSampling saw no forward call in this training step; skipped")
             return None
-        pred, target = self.pred_fn(out).detach(), self.target_fn(batch)
-        if pred.dtype in (torch.float16, torch.bfloat16):  # mixed precision: loss in float32
-            pred, target = pred.float(), target.float()
-        return reduce_per_sample(self.loss_fn(pred, target), len(target))
+        return per_sample_loss(self.loss_fn, self.pred_fn(out), self.target_fn(batch))
 
     # ------------------------------------------------------------------ statistics
     def _local_table(self, dm: OnlineDataModule) -> np.ndarray:

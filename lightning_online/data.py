@@ -30,7 +30,7 @@ from lightning_online._capture import (
     default_pred,
     default_target,
     elementwise,
-    reduce_per_sample,
+    per_sample_loss,
 )
 from lightning_online._dist import Group
 from lightning_online._study import STATS_KEYS, Run, Study, StudyError
@@ -559,10 +559,7 @@ class _ValidationReport(Callback):
             rank_zero_warn(f"no per-simulation validation report: {exc}")
             self._sums = None
             return
-        pred, target = pred.detach(), target
-        if pred.dtype in (torch.float16, torch.bfloat16):  # a mixed-precision forward
-            pred, target = pred.float(), target.float()
-        loss = reduce_per_sample(self.dm.val_loss_fn(pred, target), len(target))
+        loss = per_sample_loss(self.dm.val_loss_fn, pred, target)
         n = len(loss)
         idx = np.asarray(val.requested[:n])
         del val.requested[:n]
