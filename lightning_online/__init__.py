@@ -31,6 +31,7 @@ _LAZY = {
     "ActiveSampling": "lightning_online.active_sampling",
     "StudyMonitor": "lightning_online.monitor",
     "Breed": "lightning_online.steering",
+    "ErrorModel": "lightning_online.steering",
     "LossProportional": "lightning_online.steering",
     "SimulationStats": "lightning_online.steering",
     "SteeredSampler": "lightning_online.steering",
@@ -48,6 +49,7 @@ __all__ = [
     "Breed",
     "Buffer",
     "Direct",
+    "ErrorModel",
     "ExternalRunError",
     "ExternalSolver",
     "Halton",
@@ -76,7 +78,13 @@ if TYPE_CHECKING:
     from lightning_online.launchers import Direct, Mpiexec, Srun
     from lightning_online.monitor import StudyMonitor
     from lightning_online.sampling import Halton, LatinHypercube, ParameterSpace, Sampler, Uniform
-    from lightning_online.steering import Breed, LossProportional, SimulationStats, SteeredSampler
+    from lightning_online.steering import (
+        Breed,
+        ErrorModel,
+        LossProportional,
+        SimulationStats,
+        SteeredSampler,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -47,7 +47,7 @@ from lightning_online.buffers import FIFO, FIRO, Reservoir  # noqa: F401
 from lightning_online.data import OnlineDataModule
 from lightning_online.monitor import StudyMonitor
 from lightning_online.sampling import Halton, LatinHypercube, ParameterSpace, Uniform  # noqa: F401
-from lightning_online.steering import Breed, LossProportional  # noqa: F401
+from lightning_online.steering import Breed, ErrorModel, LossProportional  # noqa: F401
 
 __all__ = ["OnlineCLI", "auto_num_threads", "main", "mpi_world_size"]
 

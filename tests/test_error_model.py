@@ -1,0 +1,210 @@
+"""Tests for the ErrorModel sampler and its Gaussian process (lightning_online._gp)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from scipy.optimize import approx_fprime
+from scipy.spatial.distance import pdist
+
+from lightning_online._gp import GaussianProcess
+from lightning_online.sampling import Halton, ParameterSpace, Uniform
+from lightning_online.steering import ErrorModel, SimulationStats
+
+SPACE = ParameterSpace(
+    [1e-3, 0.0, -1.0], [1.0, 1.0, 1.0], names=["nu", "a", "b"], log=[True, False, False]
+)
+
+
+def hard_corner_stats(space: ParameterSpace, m: int, seed: int) -> SimulationStats:
+    """Runs spread over the box; the loss is 100x larger in the unit corner u0 < .25, u1 > .75
+    and does not depend on the last dimension."""
+    rng = np.random.default_rng(seed)
+    u = rng.random((m, space.dim))
+    loss = 1e-3 + np.exp(-(u[:, 0] ** 2 + (u[:, 1] - 1.0) ** 2) / 0.03)
+    return SimulationStats(space.from_unit(u), loss, np.zeros(m), np.full(m, 5))
+
+
+def in_corner(space: ParameterSpace, theta: np.ndarray) -> np.ndarray:
+    u = space.to_unit(theta)
+    return (u[:, 0] < 0.25) & (u[:, 1] > 0.75)
+
+
+# ----------------------------------------------------------------------------- the GP
+def test_gp_gradient_matches_finite_differences() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 3))
+    gp = GaussianProcess(x, np.sin(6 * x[:, 0]) + 0.1 * rng.normal(size=40))
+    theta = gp.theta + 0.2
+    numeric = approx_fprime(theta, lambda t: gp._nll(t)[0], 1e-6)
+    np.testing.assert_allclose(gp._nll(theta)[1], numeric, rtol=1e-3, atol=1e-3)
+
+
+def test_gp_fits_and_finds_the_irrelevant_dimension() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.random((200, 3))
+
+    def f(x: np.ndarray) -> np.ndarray:
+        return np.sin(5 * x[:, 0]) + x[:, 1] ** 2
+
+    gp = GaussianProcess(x, f(x) + 0.01 * rng.normal(size=200))
+    xs = rng.random((500, 3))
+    mean, std = gp.predict(xs)
+    assert np.sqrt(np.mean((mean - f(xs)) ** 2)) < 0.05
+    ell = gp.length_scale  # x2 does not matter; x1 matters smoothly, x0 fast
+    assert ell[2] > 3 * ell[0] and ell[2] > ell[1]
+    # far from the data the uncertainty is larger than next to it
+    _, near = gp.predict(x[:5])
+    _, far = gp.predict(np.full((1, 3), 3.0))
+    assert far[0] > 5 * near.max()
+    assert std.shape == (500,) and np.all(std >= 0)
+
+
+def test_gp_one_point_and_refusals() -> None:
+    gp = GaussianProcess(np.array([[0.5, 0.5]]), np.array([2.0]))
+    mean, _ = gp.predict(np.array([[0.5, 0.5]]))
+    assert abs(mean[0] - 2.0) < 1e-6
+    with pytest.raises(ValueError, match="need x"):
+        GaussianProcess(np.zeros((3, 2)), np.zeros(2))
+    with pytest.raises(ValueError, match="finite"):
+        GaussianProcess(np.zeros((2, 2)), np.array([0.0, np.nan]))
+
+
+# ----------------------------------------------------------------------------- the sampler
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"explore": 1.5}, "explore must be in"),
+        ({"explore": -0.1}, "explore must be finite"),
+        ({"beta": float("nan")}, "beta must be finite"),
+        ({"power": 0}, "power must be finite and >"),
+        ({"n_candidates": 8}, "n_candidates must be an int >= 16"),
+        ({"min_runs": 1}, "min_runs must be an int >= 2"),
+        ({"min_runs": 50, "max_points": 20}, r"max_points \(20\) must be >= min_runs \(50\)"),
+        ({"memory": True}, "memory must be an int"),
+        ({"non_breed": "halton"}, "non_breed must be a Sampler"),
+    ],
+)
+def test_error_model_refusals(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ErrorModel(**kwargs)
+
+
+def test_before_enough_runs_it_is_its_exploration_sequence() -> None:
+    s = ErrorModel(seed=3, min_runs=16)
+    assert isinstance(s.non_breed, Halton)  # space filling by default
+    ref = Halton(seed=s.non_breed.seed)
+    np.testing.assert_array_equal(s.draw(SPACE, 5), ref.draw(SPACE, 5))
+    assert not s.last_bred_mask.any()
+    s.update(hard_corner_stats(SPACE, 15, 0))  # too few runs: ignored
+    assert s.generation == 0
+    np.testing.assert_array_equal(s.draw(SPACE, 4), ref.draw(SPACE, 4))
+    s.update(hard_corner_stats(SPACE, 16, 0))
+    assert s.generation == 1
+
+
+def test_runs_go_where_the_error_is_and_spread_apart() -> None:
+    s = ErrorModel(seed=0, non_breed=Uniform(seed=1))
+    s.draw(SPACE, 64)
+    s.update(hard_corner_stats(SPACE, 64, 0))
+    theta = np.vstack([s.draw(SPACE, 4) for _ in range(15)])  # small draws, as a study makes
+    steered = theta[in_corner(SPACE, theta)]
+    # the corner is 6 % of the box (by area in the two dimensions that matter)
+    assert in_corner(SPACE, theta).mean() > 0.4
+    # diversity: no two runs on top of each other, although they target one region
+    assert pdist(SPACE.to_unit(steered)[:, :2]).min() > 1e-3
+    # the model found that the last dimension does not matter
+    assert s.model.length_scale[2] > 1.0
+
+
+def test_explore_share_and_mask() -> None:
+    s = ErrorModel(explore=0.3, seed=0)
+    s.draw(SPACE, 32)
+    s.update(hard_corner_stats(SPACE, 40, 1))
+    masks = []
+    for _ in range(50):
+        s.draw(SPACE, 8)
+        assert s.last_bred_mask.shape == (8,)
+        masks.append(s.last_bred_mask)
+    share = 1 - np.concatenate(masks).mean()
+    assert 0.2 < share < 0.4
+    s1 = ErrorModel(explore=1.0, seed=0)
+    s1.update(hard_corner_stats(SPACE, 40, 1))
+    s1.draw(SPACE, 8)
+    assert not s1.last_bred_mask.any() and s1.last_bred_fraction == 0.0
+
+
+def test_unusable_runs_are_not_fitted() -> None:
+    stats = hard_corner_stats(SPACE, 30, 2)
+    loss = stats.loss.copy()
+    loss[:20] = [np.nan, 0.0, -1.0, np.inf] * 5
+    s = ErrorModel(seed=0, min_runs=16)
+    s.update(SimulationStats(stats.parameters, loss, stats.loss_decrease, stats.n_observed))
+    assert s.generation == 0  # 10 usable runs < 16
+    s = ErrorModel(seed=0, min_runs=10)
+    s.update(SimulationStats(stats.parameters, loss, stats.loss_decrease, stats.n_observed))
+    assert s.generation == 1 and s._values is not None and len(s._values) == 10
+
+
+def test_state_round_trip_and_determinism() -> None:
+    a = ErrorModel(seed=7)
+    a.draw(SPACE, 20)
+    a.update(hard_corner_stats(SPACE, 40, 3))
+    a.draw(SPACE, 3)
+    state = pickle.loads(pickle.dumps(a.state_dict()))
+    b = ErrorModel(seed=99, explore=0.9)
+    b.load_state_dict(state)
+    assert b.explore == a.explore and b.seed == a.seed
+    for n in (1, 5, 2):
+        np.testing.assert_array_equal(a.draw(SPACE, n), b.draw(SPACE, n))
+        np.testing.assert_array_equal(a.last_bred_mask, b.last_bred_mask)
+    c = ErrorModel(seed=7)
+    c.draw(SPACE, 20)
+    c.update(hard_corner_stats(SPACE, 40, 3))
+    c.draw(SPACE, 3)
+    d = ErrorModel(seed=7)
+    d.draw(SPACE, 20)
+    d.update(hard_corner_stats(SPACE, 40, 3))
+    d.draw(SPACE, 3)
+    np.testing.assert_array_equal(c.draw(SPACE, 6), d.draw(SPACE, 6))
+    assert "ErrorModel(explore=0.25" in repr(a)
+
+
+@pytest.mark.timeout(240)
+def test_error_model_steers_a_real_study(no_orphans):
+    import lightning.pytorch as pl
+    from _models import Regressor
+    from _solvers import HardCorner
+
+    from lightning_online import FIFO, ActiveSampling, OnlineDataModule
+
+    space = ParameterSpace([0, 0], [1, 1])
+    sampler = ErrorModel(seed=0, min_runs=8, explore=0.2)
+    dm = OnlineDataModule(
+        HardCorner(),
+        space,
+        n_simulations=60,
+        batch_size=16,
+        n_workers=2,
+        sampler=sampler,
+        buffer=FIFO(48, watermark=16),
+    )
+    active = ActiveSampling(update_every_n_steps=4, window=12)
+    pl.Trainer(
+        callbacks=[active],
+        accelerator="cpu",
+        max_steps=10_000,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(Regressor(3, 1, hidden=32, lr=3e-3), dm)
+    assert sampler.generation >= 2
+    launched = dm.launched_parameters
+    assert len(launched) >= 60
+    # HardCorner's hard box is 10 % of the square; the runs after steering went there far
+    # more often than uniform draws would
+    late = launched[-25:]
+    assert HardCorner.inside(late).mean() > 0.35, late
