@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.linalg import cho_factor, cho_solve, lapack, solve_triangular
 from scipy.optimize import minimize
+from scipy.spatial.distance import cdist
 
 # Bounds of the log hyperparameters: length scales in unit coordinates, variances of the
 # standardised target.
@@ -30,13 +31,17 @@ class GaussianProcess:
         x: ``(m, d)`` inputs (unit coordinates), ``m >= 1``.
         y: ``(m,)`` finite targets.
         max_iter: L-BFGS-B iterations of the hyperparameter fit.
+        start: log hyperparameters to start the fit from (``theta`` of an earlier fit, whose
+            dimension matches), or None for a fixed default.
 
     Attributes:
         length_scale: ``(d,)`` fitted length scales.
         signal_var, noise_var: fitted variances, in units of ``y``.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, max_iter: int = 60) -> None:
+    def __init__(
+        self, x: np.ndarray, y: np.ndarray, max_iter: int = 60, start: np.ndarray | None = None
+    ) -> None:
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64).reshape(-1)
         if x.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[0] < 1:
@@ -50,8 +55,11 @@ class GaussianProcess:
         d = x.shape[1]
         # squared differences per dimension, (d, m, m): the gradient needs them one by one
         self._sq = (x.T[:, :, None] - x.T[:, None, :]) ** 2
-        start = np.array([math.log(0.3)] * d + [0.0, math.log(0.1)])
         bounds = [_LOG_ELL] * d + [_LOG_SF2, _LOG_SN2]
+        if start is None or np.shape(start) != (d + 2,) or not np.all(np.isfinite(start)):
+            start = np.array([math.log(0.3)] * d + [0.0, math.log(0.1)])
+        else:
+            start = np.clip(np.asarray(start, dtype=np.float64), *np.array(bounds).T)
         if x.shape[0] >= 2:
             res = minimize(
                 self._nll,
@@ -82,7 +90,10 @@ class GaussianProcess:
         except np.linalg.LinAlgError:
             return 1e25, np.zeros_like(theta)
         alpha = cho_solve(c, self._y, check_finite=False)
-        kinv = cho_solve(c, np.eye(len(self._y)), check_finite=False)
+        kinv, info = lapack.dpotri(c[0], lower=1)
+        if info:
+            return 1e25, np.zeros_like(theta)
+        kinv = np.tril(kinv) + np.tril(kinv, -1).T
         nll = 0.5 * self._y @ alpha + np.log(np.diag(c[0])).sum()
         w = np.outer(alpha, alpha) - kinv
         grad = np.empty_like(theta)
@@ -108,8 +119,9 @@ class GaussianProcess:
     def predict(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation of the latent function at ``xs`` ``(n, d)``."""
         xs = np.asarray(xs, dtype=np.float64)
-        z = (xs[:, None, :] - self.x[None, :, :]) / self.length_scale
-        ks = self._sf2 * np.exp(-0.5 * np.einsum("nmd,nmd->nm", z, z))
+        ks = self._sf2 * np.exp(
+            -0.5 * cdist(xs / self.length_scale, self.x / self.length_scale, "sqeuclidean")
+        )
         mean = ks @ self._alpha
         v = solve_triangular(self._chol, ks.T, lower=True, check_finite=False)
         var = np.maximum(self._sf2 - np.einsum("mn,mn->n", v, v), 0.0)

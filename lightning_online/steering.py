@@ -633,7 +633,7 @@ class ErrorModel(_SteeredSampler):
         n_candidates: int = 4096,
         min_observed: int = 1,
         min_runs: int = 16,
-        max_points: int = 400,
+        max_points: int = 256,
         memory: int = 20000,
         non_breed: Sampler | None = None,
         seed: int | None = None,
@@ -645,6 +645,7 @@ class ErrorModel(_SteeredSampler):
         if non_breed is None:
             self.non_breed = Halton(seed=_derive_seed(self._effective_seed, self._SEED_TAG))
         self.model: Any = None
+        self._theta: np.ndarray | None = None  # the model's log hyperparameters (warm start)
         self._points: np.ndarray | None = None  # parameters of the fitted runs
         self._values: np.ndarray | None = None  # log loss of the fitted runs
         self._drawn = np.zeros((0, 0))  # unit coordinates of recent draws
@@ -726,8 +727,9 @@ class ErrorModel(_SteeredSampler):
 
         assert self._points is not None and self._values is not None
         x = self._unit_points(space, self._points, "ErrorModel")
-        gp = GaussianProcess(x, self._values)
+        gp = GaussianProcess(x, self._values, start=self._theta)
         self.model = gp
+        self._theta = gp.theta
         n_local = self.n_candidates // 4
         top = np.argsort(self._values)[::-1][: max(1, len(x) // 10)]
         centres = x[self._rng.choice(top, size=n_local)]
@@ -785,6 +787,7 @@ class ErrorModel(_SteeredSampler):
             "values": None if self._values is None else self._values.tolist(),
             "drawn": self._drawn.tolist(),
             "fitted_generation": self._fitted_generation,
+            "theta": None if self._theta is None else self._theta.tolist(),
             "candidates": self._cand.tolist(),
             "log_e": self._log_e.tolist(),
             "metric": self._metric.tolist(),
@@ -810,6 +813,8 @@ class ErrorModel(_SteeredSampler):
         drawn = np.array(state["drawn"], dtype=np.float64)
         self._drawn = drawn if drawn.ndim == 2 else np.zeros((0, 0))
         self._fitted_generation = int(state["fitted_generation"])
+        theta = state["theta"]
+        self._theta = None if theta is None else np.array(theta, dtype=np.float64)
         cand = np.array(state["candidates"], dtype=np.float64)
         self._cand = cand if cand.ndim == 2 else np.zeros((0, 0))
         self._log_e = np.array(state["log_e"], dtype=np.float64)

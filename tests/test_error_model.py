@@ -185,7 +185,7 @@ def test_error_model_steers_a_real_study(no_orphans):
     dm = OnlineDataModule(
         HardCorner(),
         space,
-        n_simulations=60,
+        n_simulations=80,
         batch_size=16,
         n_workers=2,
         sampler=sampler,
@@ -203,8 +203,9 @@ def test_error_model_steers_a_real_study(no_orphans):
     ).fit(Regressor(3, 1, hidden=32, lr=3e-3), dm)
     assert sampler.generation >= 2
     launched = dm.launched_parameters
-    assert len(launched) >= 60
-    # HardCorner's hard box is 10 % of the square; the runs after steering went there far
-    # more often than uniform draws would
-    late = launched[-25:]
-    assert HardCorner.inside(late).mean() > 0.35, late
+    assert len(launched) >= 80
+    # HardCorner's hard box is 10 % of the square; the second half of the runs went there far
+    # more often than uniform draws would (P(>= 10 of 40) = 0.008 for uniform draws)
+    late = launched[40:]
+    print("share of the late runs in the hard box:", HardCorner.inside(late).mean())
+    assert HardCorner.inside(late).mean() >= 0.25, late
