@@ -22,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lightning_online._mpienv import prepare_spawn
 from lightning_online._wire import decode_end
 from lightning_online._worker import (
     TAG_BYE,
@@ -173,6 +174,7 @@ class WorkerPool(ReceiverPool):
     # -- receiver thread -----------------------------------------------------------------------
     def _spawn(self):  # type: ignore[no-untyped-def]
         _keep_spawns_local()
+        prepare_spawn()  # the environment's mpiexec, whatever PATH says; before any MPI call
         from mpi4py import MPI
 
         # The worker must import this package even when it is not installed (a source checkout).

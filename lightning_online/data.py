@@ -33,6 +33,7 @@ from lightning_online._capture import (
     per_sample_loss,
 )
 from lightning_online._dist import Group
+from lightning_online._mpienv import check_mpi
 from lightning_online._study import STATS_KEYS, Run, Study, StudyError
 from lightning_online._transport import ReceiverPool, WorkerPool
 from lightning_online.buffers import Buffer, Reservoir
@@ -146,6 +147,10 @@ class OnlineDataModule(pl.LightningDataModule):
             ) from exc
         if not isinstance(space, ParameterSpace):
             raise TypeError(f"space must be a ParameterSpace, got {type(space).__name__}")
+        from lightning_online.external import ExternalSolver
+
+        if not isinstance(solver, ExternalSolver):
+            check_mpi()  # no MPI to start workers with: say how to get one now, not abort later
         self.solver = solver
         self.space = space
         self.n_simulations = _positive_int("n_simulations", n_simulations)
