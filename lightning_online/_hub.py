@@ -44,7 +44,7 @@ from lightning_online import _protocol as proto
 from lightning_online._launchd import GRACE, FrameReader, encode_frame
 from lightning_online._runner import mpi_free_environ, signal_name
 from lightning_online._transport import ReceiverPool, _live_pools
-from lightning_online._wire import check_step, encode_sample
+from lightning_online._wire import cap_text, check_step, encode_sample
 from lightning_online.client import ENV_ADDRESS, ENV_PARAMETERS, ENV_TOKEN
 
 if TYPE_CHECKING:
@@ -679,7 +679,7 @@ class _Hub:
     def _on_message(self, run: _Run, conn: _Conn) -> None:
         where = run.where(conn.part)
         if conn.kind == proto.ERROR:
-            text = bytes(conn.bview[: conn.need]).decode("utf-8", "replace")
+            text = cap_text(conn.bview[: conn.need])
             self._fail(run, f"the program reported an error{where}: {text}")
             return
         if conn.kind == proto.HELLO:
@@ -798,8 +798,9 @@ class _Hub:
             how = _describe_exit(run.code, run.stopped)
         lines = [f"    {line}" for line in run.tail.splitlines()] or ["    (no output)"]
         reason = (
-            f"{run.what} ({how}); command: {' '.join(run.argv)}\n"
-            "  last output of the program:\n" + "\n".join(lines)
+            f"{cap_text(run.what)} ({how}); "
+            f"command: {cap_text(' '.join(run.argv), 1024)}\n"
+            "  last output of the program:\n" + cap_text("\n".join(lines))
         )
         self._done(run, False, reason)
 

@@ -35,6 +35,7 @@ tests; ``csrc/lightning_online.h`` mirrors it for C.
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -102,8 +103,8 @@ def encode_hello(token: str, part: int = 0, n_parts: int = 1) -> bytes:
     return encode_header(HELLO, len(payload)) + payload
 
 
-def decode_hello(payload: bytes | bytearray) -> tuple[int, int, bytes]:
-    """``(part, n_parts, token)`` of a HELLO payload."""
+def decode_hello(payload: bytes | bytearray | memoryview) -> tuple[int, int, bytes]:
+    """``(part, n_parts, token)`` of a HELLO payload; ``ProtocolError`` for anything else."""
     if len(payload) < _HELLO.size:
         raise ProtocolError(f"HELLO payload of {len(payload)} bytes is too short")
     part, n_parts = _HELLO.unpack_from(payload)
@@ -113,7 +114,11 @@ def decode_hello(payload: bytes | bytearray) -> tuple[int, int, bytes]:
 
 
 def decode_header(data: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:
-    """Check a header; return ``(kind, n_fields, step, payload_bytes)``."""
+    """Check a header; return ``(kind, n_fields, step, payload_bytes)``. ``ProtocolError`` for
+    anything that is not a sound header (the caller checks ``payload_bytes`` against its limit
+    before it allocates anything)."""
+    if len(data) != HEADER.size:
+        raise ProtocolError(f"a header is {HEADER.size} bytes, got {len(data)}")
     magic, version, kind, n_fields, reserved, step, payload = HEADER.unpack(data)
     if magic != MAGIC:
         raise ProtocolError(
@@ -169,8 +174,13 @@ def encode_step(step: int, fields: dict[str, np.ndarray]) -> list[bytes | memory
 
 
 def decode_step(n_fields: int, payload: bytearray | memoryview) -> dict[str, np.ndarray]:
-    """Check the descriptors of a STEP payload and return its fields as views of ``payload``."""
-    view = memoryview(payload)
+    """Check the descriptors of a STEP payload and return its fields as views of ``payload``.
+
+    Every size is computed with Python integers (no wrap-around) and checked against the bytes
+    present before a view is made; anything unsound raises ``ProtocolError``."""
+    view = memoryview(payload).cast("B")
+    if not 1 <= n_fields <= MAX_FIELDS:
+        raise ProtocolError(f"a step must have 1 to {MAX_FIELDS} fields, got {n_fields}")
     need = n_fields * DESCRIPTOR.itemsize
     if len(view) < need:
         raise ProtocolError(f"step payload of {len(view)} bytes cannot hold {n_fields} fields")
@@ -195,7 +205,7 @@ def decode_step(n_fields: int, payload: bytearray | memoryview) -> dict[str, np.
         if any(s < 0 for s in shape) or any(int(s) != 0 for s in d["shape"][ndim:]):
             raise ProtocolError(f"field {name!r} has a bad shape {list(d['shape'])} ({ndim=})")
         dtype = DTYPES[code]
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # Python integers: a huge shape cannot wrap around
         nbytes = count * dtype.itemsize
         if int(d["nbytes"]) != nbytes:
             raise ProtocolError(

@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from lightning_online._wire import check_step, encode_sample
+from lightning_online._wire import cap_text, check_step, encode_sample
 
 _LEN = struct.Struct("<QB")
 REF = struct.Struct("<QQQ")  # an R frame: offset in the ring, bytes, ring position after it
@@ -95,16 +95,27 @@ def write_frame(out: BinaryIO, kind: bytes, payload: bytes | memoryview | np.nda
     out.flush()
 
 
+_GROW = 1 << 20  # a frame's buffer grows with the bytes that arrive, this much at first
+
+
 def read_exact(inp: BinaryIO, n: int) -> bytearray | None:
-    """Read exactly n bytes, or None at end of file (the other side died or closed the pipe)."""
-    buf = bytearray(n)
+    """Read exactly n bytes, or None at end of file (the other side died or closed the pipe).
+
+    The buffer grows (doubling) as bytes arrive rather than being allocated from ``n``: a frame
+    that announces gigabytes and then ends costs no more memory than what was really sent."""
+    buf = bytearray(min(n, _GROW))
     view = memoryview(buf)
     got = 0
     while got < n:
+        if got == len(buf):
+            view.release()
+            buf.extend(bytes(min(len(buf), n - len(buf))))
+            view = memoryview(buf)
         k = inp.readinto(view[got:])  # type: ignore[attr-defined]
         if not k:
             return None
         got += k
+    view.release()
     return buf
 
 
@@ -219,7 +230,12 @@ def run(inp: BinaryIO, out: BinaryIO, ring: Ring | None = None) -> None:
                     write_frame(out, b"D", struct.pack("<q", n_steps))
         except Exception as exc:
             tb = traceback.format_exc(limit=-4)
-            write_frame(out, b"E", f"{type(exc).__name__}: {exc}\n{tb}".encode("utf-8", "replace"))
+            try:
+                what = f"{type(exc).__name__}: {cap_text(str(exc))}"
+            except Exception:  # an exception whose str() fails
+                what = type(exc).__name__
+            reason = cap_text(f"{what}\n{cap_text(tb)}")
+            write_frame(out, b"E", reason.encode("utf-8", "replace"))
 
 
 def main() -> None:

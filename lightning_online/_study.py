@@ -30,14 +30,14 @@ import torch
 
 from lightning_online._dist import Group
 from lightning_online._store import TRIM_EVERY, SlotStore, trim_heap
-from lightning_online._wire import decode_sample
+from lightning_online._wire import MAX_REASON, cap_text, decode_sample
 from lightning_online.buffers import Buffer
 from lightning_online.sampling import ParameterSpace, Sampler
 from lightning_online.steering import steered_rows
 
 log = logging.getLogger("lightning_online")
 
-__all__ = ["Decision", "Run", "Study", "StudyError"]
+__all__ = ["MAX_FAILURES", "Decision", "Run", "Study", "StudyError"]
 
 
 class StudyError(RuntimeError):
@@ -87,6 +87,9 @@ class Counters:
 
 COUNTERS: tuple[str, ...] = tuple(f.name for f in fields(Counters))
 SAVED = tuple(name for name in COUNTERS if name != "running")
+#: Failed runs kept with their reasons per rank (and in a checkpoint), the most recent: a
+#: study of a million runs with a flaky solver must not carry every reason forever.
+MAX_FAILURES = 256
 #: What ranks also exchange at every sync to agree (not counters of the study).
 AGREEMENT = (
     "permits",
@@ -211,7 +214,7 @@ class Study:
         self.permits = 0
         self.count = Counters()  # this rank's, this session's
         self._rejected_sims: dict[int, str] = {}
-        self.failures: list[Run] = []
+        self.failures: deque[Run] = deque(maxlen=MAX_FAILURES)  # the most recent
         self._last: tuple[list[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None
         self._taken = 0
         # Bounded: without a consumer (no steering callback) it must not grow with the stream.
@@ -371,10 +374,21 @@ class Study:
                 added = self.buffer.put_many(slots)
                 self._stash.extend(slots[added:])
 
+    def on_reject(self, sim_id: int, reason: str) -> None:
+        """A message of the run could not be taken: the run fails with ``reason`` when it ends
+        (receiver thread); the first reason stands."""
+        with self._lock:
+            if sim_id in self.runs:
+                self._rejected_sims.setdefault(sim_id, cap_text(reason))
+
     def on_end(self, sim_id: int, ok: bool, n_steps: int, seconds: float, reason: str) -> None:
         with self._lock:
-            run = self.runs[sim_id]
+            run = self.runs.get(sim_id)
+            if run is None or run.status != "running":
+                log.warning("the end of run %d was reported, which is not running", sim_id)
+                return
             self.count.running -= 1
+            reason = cap_text(reason, 2 * MAX_REASON)  # a cause and a program's output tail
             if sim_id in self._rejected_sims:
                 ok, reason = False, self._rejected_sims.pop(sim_id)
             run.n_steps = n_steps
@@ -517,7 +531,7 @@ class Study:
             lines = [
                 f"  run {r.sim_id} (attempt {r.attempt + 1}) theta={np.array2string(r.theta, precision=6)}: "
                 + (r.reason.strip().splitlines()[0] if r.reason.strip() else "no reason")
-                for r in self.failures[-20:]
+                for r in list(self.failures)[-20:]
             ]
             raise StudyError(
                 f"{failed} of {tot['launched']} solver runs failed, more than "
@@ -631,7 +645,7 @@ class Study:
         counters["completed"] = self.base.completed + len(merged["completed"])
         merged["counters"] = counters
         merged["completed"] = self.restored_completed + merged["completed"]
-        merged["failures"] = self.failures_before + merged["failures"]
+        merged["failures"] = (self.failures_before + merged["failures"])[-MAX_FAILURES:]
         merged["next_id"] = max(merged["next_id"], self.next_id_floor)
         return merged
 
@@ -648,4 +662,7 @@ class Study:
             for i, (theta, attempt) in enumerate(state["unfinished"]):
                 if i % size == rank:
                     self._retry.append((np.asarray(theta, dtype=np.float64), int(attempt)))
-            self.failures_before = list(state["failures"])
+            self.failures_before = [
+                (i, t, a, cap_text(str(r), 2 * MAX_REASON))
+                for i, t, a, r in state["failures"][-MAX_FAILURES:]
+            ]

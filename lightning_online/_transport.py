@@ -23,8 +23,9 @@ from typing import Protocol
 import numpy as np
 
 from lightning_online._mpienv import prepare_spawn
-from lightning_online._wire import decode_end
+from lightning_online._wire import cap_text, decode_end
 from lightning_online._worker import (
+    HEADER_BYTES,
     TAG_BYE,
     TAG_END,
     TAG_FATAL,
@@ -60,6 +61,10 @@ class PoolHandler(Protocol):
         """The samples received into ``slots`` (from :meth:`slots_for`) are complete."""
 
     def on_end(self, sim_id: int, ok: bool, n_steps: int, seconds: float, reason: str) -> None: ...
+
+    def on_reject(self, sim_id: int, reason: str) -> None:
+        """A message of the run could not be taken (malformed): the run fails with ``reason``
+        when it ends; nothing more of it is taken."""
 
 
 _live_pools: weakref.WeakSet[ReceiverPool] = weakref.WeakSet()
@@ -249,8 +254,15 @@ class WorkerPool(ReceiverPool):
                     scratch = np.empty(max(count, 2 * len(scratch)), dtype=np.uint8)
                 if TAG_SAMPLES < tag <= TAG_SAMPLES_MAX:
                     k = tag - TAG_SAMPLES
-                    if count % k:
-                        raise RuntimeError(f"solver worker {source} sent a malformed message")
+                    if count % k or count // k < HEADER_BYTES:
+                        # Not k whole samples: taken off the wire and dropped; the run that
+                        # sent it fails, the study goes on.
+                        comm.Recv([scratch[:count], MPI.BYTE], source=source, tag=tag)
+                        self._reject(
+                            running.get(source),
+                            f"a message of {count} bytes cannot hold {k} samples",
+                        )
+                        continue
                     # Samples of the study's size land directly in free slots (no copy) when
                     # the next free ones lie back to back.
                     into = handler.slots_for(k, count // k)
@@ -265,13 +277,21 @@ class WorkerPool(ReceiverPool):
                 buf = scratch[:count]
                 comm.Recv([buf, MPI.BYTE], source=source, tag=tag)
                 if tag == TAG_END:
-                    running.pop(source, None)
+                    sim_id = running.pop(source, None)
+                    if sim_id is None:  # no run of this worker: nothing to end
+                        log.warning("solver worker %d reported the end of no run", source)
+                        continue
                     idle_workers.append(source)
-                    handler.on_end(*decode_end(buf))
+                    try:
+                        got, ok, n_steps, seconds, reason = decode_end(buf)
+                    except ValueError as exc:
+                        got, ok, n_steps, seconds = sim_id, False, 0, 0.0
+                        reason = f"the solver worker sent a malformed run report: {exc}"
+                    if got != sim_id:
+                        ok, reason = False, f"the solver worker reported the end of run {got}"
+                    handler.on_end(sim_id, ok, n_steps, seconds, reason)
                 elif tag == TAG_FATAL:
-                    raise RuntimeError(
-                        f"solver worker {source} failed:\n{bytes(buf).decode(errors='replace')}"
-                    )
+                    raise RuntimeError(f"solver worker {source} failed:\n{cap_text(buf)}")
             # Adaptive polling: every wake of this thread takes the GIL from the training
             # thread (measured: polling every 50 us made training steps 2-3x slower, every 5 ms
             # cost ~30 % less than every 1 ms). So sleep longer when few samples arrive per
@@ -289,6 +309,12 @@ class WorkerPool(ReceiverPool):
             if got < 512:
                 self._wake.wait(delay)
                 self._wake.clear()
+
+    def _reject(self, sim_id: int | None, reason: str) -> None:
+        if sim_id is None:
+            log.warning("dropped a malformed message of a solver worker with no run: %s", reason)
+        else:
+            self.handler.on_reject(sim_id, reason)
 
     def _shutdown(self, MPI, comm, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
         """STOP every worker, discard what they still send, wait for their BYE, disconnect."""

@@ -19,9 +19,11 @@ __all__ = [
     "DTYPES",
     "MAX_DIMS",
     "MAX_FIELDS",
+    "MAX_REASON",
     "Field",
     "Sample",
     "all_finite",
+    "cap_text",
     "check_step",
     "coalesce_limit",
     "decode_end",
@@ -40,6 +42,9 @@ MAX_FIELDS = 16
 # at most COALESCE_SAMPLES of them and about COALESCE_BYTES per message.
 COALESCE_SAMPLES = 64
 COALESCE_BYTES = 1 << 20
+#: Bytes of UTF-8 kept of any failure reason or program output (a solver's 64 MiB exception
+#: message or a program's endless line must not live in memory, the log and every checkpoint).
+MAX_REASON = 8192
 _HEAD = 4  # magic, sim_id, step, n_fields
 _FIELD = 2 + MAX_DIMS  # dtype code, ndim, shape[MAX_DIMS]
 
@@ -96,6 +101,36 @@ def check_step(fields: tuple[np.ndarray, ...], step: int, first: list[tuple] | N
     if first is not None and sig != first:
         return f"step {step}: fields {sig} differ from the first step's {first} (dtype or shape)"
     return None
+
+
+def cap_text(text: str | bytes | np.ndarray, limit: int = MAX_REASON) -> str:
+    """``text`` (a str, or UTF-8 bytes of any length) cut to at most ``limit`` bytes of UTF-8:
+    its first quarter and its end (a traceback ends with what matters), joined by a note of how
+    much was cut. Only what is kept is copied or decoded. Any process."""
+    if isinstance(text, str):
+        if len(text) <= limit // 4:  # at most 4 bytes a character: short enough as it is
+            return text
+        raw: bytes | np.ndarray = text.encode("utf-8", "replace")
+    else:
+        raw = text
+    n = len(raw)
+    if n <= limit:
+        if isinstance(text, str):
+            return text
+        # undecodable bytes become 3-byte replacement characters: cap the text once more
+        return cap_text(bytes(raw).decode("utf-8", "replace"), limit)
+    note = f"\n[... {n} bytes in all, cut ...]\n"
+    room = max(0, limit - len(note))
+    head, tail = room // 4, room - room // 4
+    # str: cut characters at the ends are dropped; bytes: bad bytes show as U+FFFD (3 bytes
+    # each), so the text is capped once more
+    errors = "ignore" if isinstance(text, str) else "replace"
+    out = (
+        bytes(raw[:head]).decode("utf-8", errors)
+        + note
+        + bytes(raw[n - tail :]).decode("utf-8", errors)
+    )
+    return out if isinstance(text, str) else cap_text(out, limit)
 
 
 def coalesce_limit(sample_bytes: int) -> int:
@@ -197,6 +232,10 @@ def read_header(buf: np.ndarray) -> tuple[np.ndarray, list[Field]]:
     n_fields = int(head[3])
     if not 1 <= n_fields <= MAX_FIELDS:
         raise ValueError(f"sample message announces {n_fields} fields")
+    if buf.nbytes < 8 * (_HEAD + _FIELD * n_fields):
+        raise ValueError(
+            f"sample message of {buf.nbytes} bytes is too short for the header of {n_fields} fields"
+        )
     header = np.frombuffer(buf, dtype=np.int64, count=_HEAD + _FIELD * n_fields)
     pos = header.nbytes
     fields = []
@@ -251,12 +290,21 @@ _END = struct.Struct("<qqqd")  # sim_id, ok, n_steps, seconds
 
 
 def encode_end(sim_id: int, ok: bool, n_steps: int, seconds: float, reason: str = "") -> np.ndarray:
-    """End-of-run report from a worker: fixed struct followed by a UTF-8 reason."""
-    data = _END.pack(sim_id, int(ok), n_steps, seconds) + reason.encode("utf-8", "replace")
+    """End-of-run report from a worker: fixed struct followed by a UTF-8 reason (capped)."""
+    data = _END.pack(sim_id, int(ok), n_steps, seconds) + cap_text(reason).encode(
+        "utf-8", "replace"
+    )
     return np.frombuffer(data, dtype=np.uint8).copy()
 
 
 def decode_end(buf: np.ndarray) -> tuple[int, bool, int, float, str]:
+    """``(sim_id, ok, n_steps, seconds, reason)`` of :func:`encode_end`'s report, the reason
+    capped (:data:`MAX_REASON`); ``ValueError`` for a report that is not one."""
+    if buf.nbytes < _END.size:
+        raise ValueError(f"run report of {buf.nbytes} bytes (at least {_END.size} expected)")
     sim_id, ok, n_steps, seconds = _END.unpack_from(buf)
-    reason = bytes(buf[_END.size :]).decode("utf-8", "replace")
+    if ok not in (0, 1) or n_steps < 0 or not math.isfinite(seconds):
+        raise ValueError(f"run report with {ok=}, {n_steps=}, {seconds=}")
+    # Only what is kept is copied and decoded: a reason of gigabytes costs no more than a short one.
+    reason = cap_text(buf[_END.size :])
     return sim_id, bool(ok), n_steps, seconds, reason

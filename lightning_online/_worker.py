@@ -40,14 +40,30 @@ from lightning_online._runner import (
     signal_name,
     write_frame,
 )
-from lightning_online._wire import COALESCE_SAMPLES, coalesce_limit, encode_end
+from lightning_online._wire import COALESCE_SAMPLES, cap_text, coalesce_limit, encode_end
 
 TAG_TASK, TAG_STOP, TAG_END, TAG_BYE, TAG_FATAL = range(11, 16)
 # A message of k samples (1 <= k <= COALESCE_SAMPLES) of equal size has tag TAG_SAMPLES + k.
 TAG_SAMPLES = 100
 TAG_SAMPLES_MAX = TAG_SAMPLES + COALESCE_SAMPLES
 _WINDOW = 16  # synchronous sends in flight per worker
+HEADER_BYTES = 32  # the smallest sample (``_wire``'s fixed header) the trainer takes
 _NOTHING = object()  # no frame read ahead
+
+
+class _BadFrame(Exception):
+    """The sandbox wrote something that is not a frame of its protocol (solver code runs there
+    and may write to any of its descriptors): the run fails, the worker goes on."""
+
+
+def _ref(payload: bytearray, ring: Ring) -> tuple[int, int, int]:
+    """The checked ``(offset, bytes, end)`` of an ``R`` frame: the sample lies in the ring."""
+    if len(payload) != REF.size:
+        raise _BadFrame(f"a sample reference of {len(payload)} bytes (expected {REF.size})")
+    off, size, end = REF.unpack(payload)
+    if not (0 < size <= ring.size and off + size <= ring.size and end >= size):
+        raise _BadFrame(f"a sample reference outside the ring ({off=}, {size=}, {end=})")
+    return off, size, end
 
 
 def describe_exit(code: int) -> str:
@@ -201,12 +217,12 @@ class Worker:
         while nxt is not None and nxt is not _NOTHING and nxt[0] in (b"R", b"S"):
             kind, payload = nxt
             if kind == b"R":
-                off, size, end = REF.unpack(payload)
+                off, size, end = _ref(payload, ring)
                 limit, k, nxt = coalesce_limit(size), 1, _NOTHING
                 while k < limit and select.select([fd], [], [], 0)[0]:
                     more = read_frame(box.inp)
                     if more is not None and more[0] == b"R":
-                        o, n, e = REF.unpack(more[1])
+                        o, n, e = _ref(more[1], ring)
                         if n == size and o == off + k * size:  # next to the previous one
                             k, end = k + 1, e
                             continue
@@ -214,6 +230,8 @@ class Worker:
                     break
                 self._send(ring.data[off : off + k * size], k, ring, end)
             else:
+                if not payload:
+                    raise _BadFrame("an empty sample")
                 batch, size = [payload], len(payload)
                 limit, nxt = coalesce_limit(size), _NOTHING
                 while len(batch) < limit and select.select([fd], [], [], 0)[0]:
@@ -302,10 +320,18 @@ class Worker:
                     self.sandbox = None
                     return None
                 continue
-            frame: Any = read_frame(box.inp)
-            if frame is not None and frame[0] in (b"R", b"S"):
-                sent, frame = self._forward(box, frame)
-                steps += sent
+            try:
+                frame: Any = read_frame(box.inp)
+                if frame is not None and frame[0] in (b"R", b"S"):
+                    sent, frame = self._forward(box, frame)
+                    steps += sent
+            except _BadFrame as exc:
+                self._flush()  # what was sent before it stands; the run fails
+                box.kill()
+                self.sandbox = None
+                return encode_end(
+                    sim_id, False, steps, busy, f"the solver process sent a malformed frame: {exc}"
+                )
             if frame is _NOTHING:  # everything read was sent: back to waiting
                 continue
             if frame is None:
@@ -313,8 +339,17 @@ class Worker:
             kind, payload = frame
             if kind == b"D":
                 return encode_end(sim_id, True, steps, busy)
-            else:
-                return encode_end(sim_id, False, steps, busy, payload.decode("utf-8", "replace"))
+            if kind == b"E":
+                return encode_end(sim_id, False, steps, busy, cap_text(payload))
+            box.kill()
+            self.sandbox = None
+            return encode_end(
+                sim_id,
+                False,
+                steps,
+                busy,
+                f"the solver process sent a frame of unknown kind {kind!r}",
+            )
 
     def _crashed(self, sim_id: int, steps: int, busy: float) -> np.ndarray:
         assert self.sandbox is not None

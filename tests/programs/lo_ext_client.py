@@ -25,6 +25,7 @@ p.add_argument("--fail-above", type=float, default=None)
 p.add_argument("--delay", type=float, default=0.0)
 p.add_argument("--stall-after", type=int, default=None)
 p.add_argument("--parts", action="store_true", help="every MPI rank sends its share of y")
+p.add_argument("--payload", default=None, help="raw mode: a file of bytes sent after HELLO")
 args = p.parse_args()
 
 
@@ -68,6 +69,17 @@ if mode == "stray":  # a foreign connection with a wrong token first; the real o
     host, port = os.environ["LIGHTNING_ONLINE_ADDRESS"].rsplit(":", 1)
     with socket.create_connection((host, int(port))) as s:
         s.sendall(b"GET / HTTP/1.0\r\n\r\n" + bytes(64))
+if mode == "raw":  # HELLO, then whatever bytes the test chose (fuzzing the receiving side)
+    run = client.connect()
+    with open(args.payload, "rb") as f:
+        run._sendall([f.read()])
+    time.sleep(args.delay)
+    sys.exit(0)
+if mode == "error-big":  # an ERROR message of 1 MiB without a newline
+    run = client.connect()
+    text = b"e" * (1 << 20)
+    run._sendall([_protocol.encode_header(_protocol.ERROR, len(text)), text])
+    sys.exit(1)
 if mode == "garbage":
     run = client.connect()
     run._sendall([b"\x00" * 32])
