@@ -95,7 +95,8 @@ class Heat2D:
     """Explicit finite-difference solver of the 2-D heat equation (see the module docstring).
 
     Args:
-        nx, ny: interior grid nodes in ``x`` and ``y``.
+        nx: interior grid nodes in ``x``.
+        ny: interior grid nodes in ``y``.
         n_steps: output steps (= samples) per run.
         alpha: diffusivity.
         t_end: final time; ``None`` means ``0.2 / alpha`` (see :attr:`t_final`).
