@@ -11,9 +11,13 @@ this package too, start fast.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# A library: its log records go wherever the application sends them, nowhere by default.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
     "ParameterSpace": "lightning_online.sampling",
@@ -30,6 +34,8 @@ _LAZY = {
     "StudyError": "lightning_online._study",
     "ActiveSampling": "lightning_online.active_sampling",
     "StudyMonitor": "lightning_online.monitor",
+    "StudyProgressBar": "lightning_online.monitor",
+    "RichStudyProgressBar": "lightning_online.monitor",
     "Breed": "lightning_online.steering",
     "ErrorModel": "lightning_online.steering",
     "LossProportional": "lightning_online.steering",
@@ -59,6 +65,7 @@ __all__ = [
     "OnlineDataModule",
     "ParameterSpace",
     "Reservoir",
+    "RichStudyProgressBar",
     "Sampler",
     "SimulationStats",
     "Solver",
@@ -66,6 +73,7 @@ __all__ = [
     "SteeredSampler",
     "StudyError",
     "StudyMonitor",
+    "StudyProgressBar",
     "Uniform",
 ]
 
@@ -76,7 +84,7 @@ if TYPE_CHECKING:
     from lightning_online.data import OnlineDataModule, Solver
     from lightning_online.external import ExternalRunError, ExternalSolver
     from lightning_online.launchers import Direct, Mpiexec, Srun
-    from lightning_online.monitor import StudyMonitor
+    from lightning_online.monitor import RichStudyProgressBar, StudyMonitor, StudyProgressBar
     from lightning_online.sampling import Halton, LatinHypercube, ParameterSpace, Sampler, Uniform
     from lightning_online.steering import (
         Breed,

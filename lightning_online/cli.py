@@ -14,7 +14,9 @@ What differs from a plain ``LightningCLI``:
   under ``data:`` (``data.solver``, ``data.space``, ``data.n_simulations``, ...); ``model`` is
   any LightningModule, given by ``class_path``.
 * ``monitor`` configures the :class:`~lightning_online.monitor.StudyMonitor` callback, which is
-  always on (the live view; e.g. ``--monitor.plot=false``).
+  always on (the live view; e.g. ``--monitor.plot=false``). The progress bar is a
+  :class:`~lightning_online.monitor.StudyProgressBar` unless ``trainer.callbacks`` has one
+  (e.g. ``--trainer.callbacks+=RichStudyProgressBar``) or ``trainer.enable_progress_bar`` is false.
 * Config files are read with OmegaConf (``parser_mode="omegaconf"``), so a recipe can refer to
   one value from several places (``${data.solver.init_args.nx}``). Interpolations are resolved
   when the file is read: a command-line override changes the value it names, not the places of
@@ -37,6 +39,8 @@ import os
 from typing import Any
 
 import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 # Imported so that their classes are known to the parser by their short names.
@@ -45,7 +49,7 @@ from lightning_online import solvers as _solvers  # noqa: F401
 from lightning_online.active_sampling import ActiveSampling  # noqa: F401
 from lightning_online.buffers import FIFO, FIRO, Reservoir  # noqa: F401
 from lightning_online.data import OnlineDataModule
-from lightning_online.monitor import StudyMonitor
+from lightning_online.monitor import RichStudyProgressBar, StudyMonitor, StudyProgressBar  # noqa: F401
 from lightning_online.sampling import Halton, LatinHypercube, ParameterSpace, Uniform  # noqa: F401
 from lightning_online.steering import Breed, ErrorModel, LossProportional  # noqa: F401
 
@@ -128,6 +132,19 @@ class OnlineCLI(LightningCLI):
             raise ValueError(f"torch_num_threads must be a positive integer, got {n}")
         if n is not None:
             torch.set_num_threads(int(n))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with a :class:`StudyProgressBar` when its config shows a progress bar and
+        names none itself (training process, every rank)."""
+        if "callbacks" not in kwargs:
+            init = self.config_init[self.subcommand] if self.subcommand else self.config_init
+            trainer = init.get("trainer") or {}
+            given = trainer.get("callbacks")
+            callbacks = [] if given is None else list(given) if isinstance(given, list) else [given]
+            shown = trainer.get("enable_progress_bar") is not False
+            if shown and not any(isinstance(c, ProgressBar) for c in callbacks):
+                kwargs["callbacks"] = [*callbacks, StudyProgressBar()]
+        return super().instantiate_trainer(**kwargs)
 
 
 def main(args: list[str] | None = None) -> None:

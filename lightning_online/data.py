@@ -196,6 +196,10 @@ class OnlineDataModule(pl.LightningDataModule):
         self._launched: np.ndarray = np.zeros((0, space.dim))
         self._runs: dict[int, Run] = {}
         self.val_report: dict[str, np.ndarray] | None = None
+        self._lent: tuple[pl.Trainer, tuple[Any] | None, list[Callback], Any] | None = None
+        # What loggers record about the study (a summary: solvers need not be loggable).
+        # (The arguments themselves are left out: Lightning would compare them with the summary.)
+        self.save_hyperparameters({"study": _study_hparams(self)}, ignore=_init_names(type(self)))
 
     def _check_val(self, val: int | np.ndarray | None) -> int | np.ndarray | None:
         if val is None:
@@ -297,12 +301,8 @@ class OnlineDataModule(pl.LightningDataModule):
             self._start()
         if self.val_parameters is not None and self._val_set is None:
             self._simulate_validation()
-        if self.trainer is not None and self.val_parameters is None and stage == "fit":
-            # No validation runs: say so to Lightning rather than hand it an empty loader.
-            self.trainer.limit_val_batches = 0
-        if self.trainer is not None and self.val_parameters is not None:
-            if not any(isinstance(c, _ValidationReport) for c in self.trainer.callbacks):
-                self.trainer.callbacks.append(_ValidationReport(self))
+        if self.trainer is not None:
+            self._borrow_trainer(self.trainer, stage)  # undone at teardown
 
     def _start(self) -> None:
         group = self._group
@@ -429,11 +429,58 @@ class OnlineDataModule(pl.LightningDataModule):
         return self.val_dataloader()
 
     def teardown(self, stage: str) -> None:
+        self._return_trainer()
         if stage == "fit":
             self._finish(collective=True)
 
     def on_exception(self, exception: BaseException) -> None:
+        self._return_trainer()
         self._finish(collective=False)
+
+    def _borrow_trainer(self, trainer: pl.Trainer, stage: str) -> None:
+        """What this DataModule changes on the Trainer, for one ``fit`` / ``validate`` /
+        ``test`` only (every rank, from ``setup``; :meth:`_return_trainer` undoes it all at
+        ``teardown`` or on an exception):
+
+        * ``fit`` without validation runs: ``limit_val_batches = 0`` (no empty validation loop);
+        * with validation runs: the callback that computes the per-run validation report
+          (``val_sim_loss_*``) joins ``trainer.callbacks``;
+        * Lightning's "does not have many workers" warning is silenced: this DataModule's
+          loaders must keep ``num_workers=0`` (batches come from the stream, not from workers).
+        """
+        import warnings
+
+        from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+        if self._lent is not None:
+            return
+        limit = None
+        if self.val_parameters is None and stage == "fit":
+            limit = (trainer.limit_val_batches,)
+            trainer.limit_val_batches = 0
+        added: list[Callback] = []
+        if self.val_parameters is not None:
+            if not any(isinstance(c, _ValidationReport) for c in trainer.callbacks):
+                added.append(_ValidationReport(self))
+                trainer.callbacks.append(added[-1])
+        warnings.filterwarnings("ignore", _FEW_WORKERS, PossibleUserWarning)
+        self._lent = (trainer, limit, added, warnings.filters[0])
+
+    def _return_trainer(self) -> None:
+        """Undo :meth:`_borrow_trainer` (idempotent)."""
+        import warnings
+
+        if self._lent is None:
+            return
+        trainer, limit, added, entry = self._lent
+        self._lent = None
+        if limit is not None:
+            trainer.limit_val_batches = limit[0]
+        for callback in added:
+            if callback in trainer.callbacks:
+                trainer.callbacks.remove(callback)
+        if entry in warnings.filters:
+            warnings.filters.remove(entry)
 
     def state_dict(self) -> dict[str, Any]:
         """Sampler state and the study's progress, saved in Lightning checkpoints.
@@ -510,6 +557,68 @@ class OnlineDataModule(pl.LightningDataModule):
                 np.stack([t for _, t in entries]) if entries else np.zeros((0, self.space.dim))
             )
         self._study = None
+
+
+_FEW_WORKERS = r"The '(train|val|test|predict)_dataloader' does not have many workers"
+
+
+def _describe(obj: Any) -> str:
+    """A short, loggable name of a solver (or any object): a function's dotted name, a
+    dataclass's repr, else its class name."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        text = repr(obj)
+    elif hasattr(obj, "__qualname__"):
+        text = f"{getattr(obj, '__module__', '')}.{obj.__qualname__}".lstrip(".")
+    elif hasattr(obj, "command"):  # an external program
+        text = f"{type(obj).__name__}({' '.join(map(str, obj.command))})"
+    else:
+        text = type(obj).__qualname__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _init_names(cls: type) -> list[str]:
+    """The argument names of every ``__init__`` of ``cls`` and its bases."""
+    import inspect
+
+    names = {
+        name
+        for klass in cls.__mro__
+        if "__init__" in vars(klass) and inspect.isfunction(vars(klass)["__init__"])
+        for name in inspect.signature(vars(klass)["__init__"]).parameters
+    }
+    return sorted(names - {"self"})
+
+
+def _study_hparams(dm: OnlineDataModule) -> dict[str, Any]:
+    """The study's configuration as plain values, for ``save_hyperparameters`` (every rank,
+    at construction)."""
+    val = dm.val_parameters
+    return {
+        "solver": _describe(dm.solver),
+        "space": {
+            "names": list(dm.space.names),
+            "low": [float(v) for v in dm.space.low],
+            "high": [float(v) for v in dm.space.high],
+            "log": [bool(v) for v in dm.space.log],
+        },
+        "n_simulations": dm.n_simulations,
+        "sampler": {"kind": type(dm.sampler).__name__, "seed": getattr(dm.sampler, "seed", None)},
+        "buffer": {
+            "kind": type(dm.buffer).__name__,
+            "capacity": dm.buffer.capacity,
+            "watermark": dm.buffer.watermark,
+        },
+        "batch_size": dm.batch_size,
+        "n_workers": dm.n_workers,
+        "val_parameters": None if val is None else (val if isinstance(val, int) else len(val)),
+        "val_batch_size": dm.val_batch_size,
+        "run_timeout": dm.run_timeout,
+        "max_retries": dm.max_retries,
+        "max_failed_fraction": dm.max_failed_fraction,
+        "pin_memory": dm.pin_memory,
+    }
 
 
 class _ValidationReport(Callback):

@@ -18,10 +18,16 @@
 All figures come from ``OnlineDataModule.stats`` (identical on every rank) and
 ``OnlineDataModule.val_report``; the monitor does nothing when the Trainer's datamodule is not an
 ``OnlineDataModule``. Under DDP every rank logs the same figures and only rank 0 writes files and
-prints. Pictures need matplotlib (the ``plot`` extra); without it they are skipped with one
-warning, and training goes on. ``lightning-online`` always adds a ``StudyMonitor``; in a script::
+shows the summary (through Lightning's rank-zero logging, like Lightning's own messages; silence it
+with ``StudyMonitor(summary=False)``). Pictures need matplotlib (the ``plot`` extra); without it
+they are skipped with one warning, and training goes on. ``lightning-online`` always adds a
+``StudyMonitor`` and, unless another progress bar is configured, a :class:`StudyProgressBar`; in
+a script::
 
-    trainer = pl.Trainer(callbacks=[StudyMonitor()], ...)
+    trainer = pl.Trainer(callbacks=[StudyMonitor(), StudyProgressBar()], ...)
+
+:class:`StudyProgressBar` (tqdm) and :class:`RichStudyProgressBar` (rich) are Lightning's two
+progress bars that show the run counts as integers; any progress bar shows the figures.
 """
 
 from __future__ import annotations
@@ -36,13 +42,20 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_online.data import OnlineDataModule
 from lightning_online.sampling import ParameterSpace
 
-__all__ = ["StudyMonitor", "format_summary", "plot_validation_error"]
+__all__ = [
+    "RichStudyProgressBar",
+    "StudyMonitor",
+    "StudyProgressBar",
+    "format_summary",
+    "plot_validation_error",
+    "study_summary",
+]
 
 log = logging.getLogger("lightning_online")
 
@@ -67,12 +80,13 @@ class StudyMonitor(Callback):
 
     Args:
         prog_bar: show runs launched / done / failed and buffer fill on the progress bar (they
-            go to the logger either way).
+            go to the logger either way); :class:`StudyProgressBar` shows the counts as integers.
         plot: draw the validation error against the parameters after each validation.
         plot_every_n_validations: draw after every n-th validation only (the last picture is
             always ``val_error_last.png``).
         max_plot_dims: at most this many parameters get a panel (the first ones).
-        summary: print the summary table at the end of ``fit`` (rank 0).
+        summary: show the summary table at the end of ``fit`` (rank 0, through Lightning's
+            rank-zero logging, as Lightning shows its own messages).
     """
 
     def __init__(
@@ -116,8 +130,6 @@ class StudyMonitor(Callback):
             return
         # trainer.log_dir is collective (a broadcast under DDP): resolve it here, on every rank.
         self._log_dir = trainer.log_dir
-        if self.prog_bar:
-            _show_counts_as_integers(trainer.progress_bar_callback)
         self.summary = None
         self._n_validations = 0
         self._last_val_step = None
@@ -174,7 +186,7 @@ class StudyMonitor(Callback):
         if not trainer.is_global_zero:
             return
         if self.print_summary:
-            print(format_summary(self.summary, dm), flush=True)
+            rank_zero_info(format_summary(self.summary, dm))
         if self._log_dir:
             os.makedirs(self._log_dir, exist_ok=True)
             path = os.path.join(self._log_dir, "study_summary.json")
@@ -206,22 +218,35 @@ class StudyMonitor(Callback):
                 add_figure("study/val_error", fig, global_step=trainer.global_step, close=False)
 
 
-def _show_counts_as_integers(bar: Any) -> None:
-    """Have the progress bar show run counts as ``64``, not ``64.000`` (logged values are floats)."""
-    if bar is None or getattr(bar, "_lightning_online_counts", False):
-        return
-    original = bar.get_metrics
+#: Progress-bar figures that are counts (logged as floats, shown as integers).
+COUNT_KEYS = ("runs_launched", "runs_done", "runs_failed")
 
-    def get_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        items = original(trainer, pl_module)
-        for key in ("runs_launched", "runs_done", "runs_failed"):
+
+class _IntegerCounts:
+    """Shows the run counts as ``64``, not ``64.000`` (logged values are floats)."""
+
+    def get_metrics(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
+        items = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
+        for key in COUNT_KEYS:
             value = items.get(key)
             if isinstance(value, float) and value.is_integer():
                 items[key] = int(value)
         return items
 
-    bar.get_metrics = get_metrics
-    bar._lightning_online_counts = True
+
+class StudyProgressBar(_IntegerCounts, TQDMProgressBar):
+    """Lightning's tqdm progress bar, with the run counts of :class:`StudyMonitor` shown as
+    integers. Takes :class:`~lightning.pytorch.callbacks.TQDMProgressBar`'s arguments
+    (training process, rank 0 draws)."""
+
+
+class RichStudyProgressBar(_IntegerCounts, RichProgressBar):
+    """Lightning's rich progress bar (needs ``rich``), with the run counts of
+    :class:`StudyMonitor` shown as integers. Takes
+    :class:`~lightning.pytorch.callbacks.RichProgressBar`'s arguments (training process, rank 0
+    draws)."""
 
 
 def study_summary(dm: OnlineDataModule, val_step: int | None = None) -> dict[str, Any]:

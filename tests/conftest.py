@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 import uuid
@@ -68,3 +69,31 @@ def has_ipv6_loopback() -> bool:
         return True
     except OSError:
         return False
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def text(self) -> str:
+        return "\n".join(self.messages)
+
+
+@pytest.fixture
+def summary_log():
+    """What Lightning's rank-zero logging shows (where ``StudyMonitor`` puts its summary table),
+    whatever handlers Lightning configured: ``summary_log.text()``."""
+    from lightning_utilities.core import rank_zero
+
+    logger = rank_zero.log  # the logger rank_zero_info writes to
+    handler = _Records()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)

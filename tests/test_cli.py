@@ -95,7 +95,7 @@ def test_breed_variants_differ_only_in_sampler_callbacks_and_folder():
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.timeout(240)
 @pytest.mark.usefixtures("no_orphans")
-def test_recipe_runs_through_the_cli(name, tmp_path, capsys):
+def test_recipe_runs_through_the_cli(name, tmp_path, summary_log):
     cli = OnlineCLI(args=["fit", *tiny_args(name, tmp_path)])
     dm, trainer = cli.datamodule, cli.trainer
     assert dm.stats["completed"] == 4 and dm.stats["failed"] == 0
@@ -107,7 +107,7 @@ def test_recipe_runs_through_the_cli(name, tmp_path, capsys):
         assert key in trainer.progress_bar_metrics
     assert monitor.summary is not None and monitor.summary["runs_completed"] == 4
     assert monitor.summary["val_runs"] == 2
-    out = capsys.readouterr().out
+    out = summary_log.text()
     assert "online study summary" in out and "validation error" in out
     log_dir = Path(trainer.log_dir)
     assert (log_dir / "val_error_last.png").stat().st_size > 1000

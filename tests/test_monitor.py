@@ -16,7 +16,7 @@ from _solvers import Faulty
 from lightning_online import FIFO, Halton, OnlineDataModule, ParameterSpace
 from lightning_online.monitor import (
     StudyMonitor,
-    _show_counts_as_integers,
+    StudyProgressBar,
     format_summary,
     plot_validation_error,
     study_summary,
@@ -127,15 +127,15 @@ def test_no_matplotlib_no_picture_but_no_failure(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_progress_bar_shows_run_counts_as_integers():
-    bar = SimpleNamespace(
-        get_metrics=lambda t, m: {"runs_done": 3.0, "buffer_fill": 0.5, "train_loss": 1.0}
-    )
-    _show_counts_as_integers(bar)
-    _show_counts_as_integers(bar)  # once only
-    items = bar.get_metrics(None, None)
-    assert items == {"runs_done": 3, "buffer_fill": 0.5, "train_loss": 1.0}
-    assert isinstance(items["runs_done"], int)
+def test_progress_bars_are_lightning_progress_bars():
+    # Proper subclasses (no patching of the Trainer's bar); the integer counts are checked in a
+    # real fit with each of them: test_lightning.py::test_loggers_hyperparameters_checkpoints_and_the_progress_bar
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    from lightning_online.monitor import RichStudyProgressBar
+
+    assert issubclass(StudyProgressBar, TQDMProgressBar)
+    assert issubclass(RichStudyProgressBar, RichProgressBar)
 
 
 def test_bad_arguments():
@@ -147,7 +147,7 @@ def test_bad_arguments():
 
 @pytest.mark.timeout(240)
 @pytest.mark.usefixtures("no_orphans")
-def test_live_view_of_a_real_study(tmp_path, capsys):
+def test_live_view_of_a_real_study(tmp_path, summary_log):
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -189,7 +189,7 @@ def test_live_view_of_a_real_study(tmp_path, capsys):
     assert summary["runs_completed"] == 6 and summary["runs_failed"] == dm.stats["failed"] > 0
     assert summary["samples_streamed"] == 36 == summary["samples_served"]
     assert summary["val_runs"] == 2 and summary["val_error_max"] >= summary["val_error_mean"]
-    out = capsys.readouterr().out
+    out = summary_log.text()
     assert out.count("online study summary") == 1
     assert "failure" in out and "the solver yielded no time step" in out
     log_dir = Path(logger.log_dir)
