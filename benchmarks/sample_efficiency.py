@@ -5,15 +5,19 @@ For each problem, seed and method, one online study is trained from its recipe w
 * the same budget of completed runs and the same number of training steps for every method: a
   FIFO buffer serves every sample exactly once, so after ``s`` steps every method has trained
   on ``s * batch_size`` samples, i.e. ``s * batch_size / n_steps`` runs' worth;
+* the recipe's model with its learning rate decayed along a cosine to 1/100 over the study
+  (``lr_decay_steps``), so that the final model is not one noisy iterate of constant-rate Adam;
 * the same held-out set for every method and seed: 64 runs at scrambled Sobol points (seed
   12345), distinct from every sequence a method draws;
-* validation every 1/8 of the study: the per-run error on the held-out set (mean over a run's
-  time steps) as a function of the runs trained on -- the sample-efficiency curve.
+* validation every 1/8 of the study (the error during the study, shown in the plot).
 
-Reports, per problem and method, over seeds: the final per-run error's mean / p95 / p99 / max,
-the ratio uniform / method (> 1 is better) with a bootstrap 90 % interval over seeds, and the
-budget the method needs to reach uniform's final mean (and max) error: ``fewer`` = full budget /
-that budget (AL4PDE's "x fewer simulations"; "> budget" when it never gets there).
+Reports, per problem and method, over seeds: the final per-run error's mean / p95 / p99 / max
+and the ratio uniform / method (> 1 is better) with a bootstrap 90 % interval over seeds.
+With ``--fractions 0.25 0.5`` the methods of ``--curve-methods`` also run whole studies at
+those fractions of the budget: the sample-efficiency curve (final error against budget) and
+the budget each method needs to reach uniform's error at the full budget, as "x fewer runs"
+(AL4PDE's "x fewer simulations"; log-log interpolation; "> 1/f" when even the smallest
+fraction f beats it, "< 1" when it needs more than the full budget).
 
 Problems: the three recipes (heat2d, burgers1d, allen_cahn1d) and ``burgers1d_shock``
 (recipes/burgers1d_shock.yaml): Burgers at Reynolds numbers where shocks form only in a corner
@@ -27,6 +31,7 @@ of the box (low viscosity and large amplitude, about 10 % of it), the localised 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -114,7 +119,9 @@ def _curve_recorder(dm: Any, batch_size: int, per_run: int, out: list[dict[str, 
     return Recorder()
 
 
-def run(problem: str, method: str, seed: int, quick: bool, workdir: Path) -> dict[str, Any]:
+def run(
+    problem: str, method: str, seed: int, quick: bool, workdir: Path, fraction: float = 1.0
+) -> dict[str, Any]:
     """One study; returns final statistics and the validation curve."""
     from scipy.stats import qmc
 
@@ -122,14 +129,14 @@ def run(problem: str, method: str, seed: int, quick: bool, workdir: Path) -> dic
     from lightning_online.cli import OnlineCLI
 
     cfg = PROBLEMS[problem]
-    budget = 6 if quick else cfg["budget"]
+    budget = 6 if quick else max(4, round(fraction * cfg["budget"]))
     args = [
         "--config",
         str(ROOT / "recipes" / f"{cfg['recipe']}.yaml"),
         f"--seed_everything={seed}",
         f"--data.n_simulations={budget}",
         f"--data.val_parameters={3 if quick else 16}",  # replaced below by the held-out set
-        f"--trainer.default_root_dir={workdir / f'{problem}-{method}-{seed}'}",
+        f"--trainer.default_root_dir={workdir / f'{problem}-{method}-{seed}-{budget}'}",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_checkpointing=false",
         "--trainer.callbacks=[]",
@@ -144,6 +151,7 @@ def run(problem: str, method: str, seed: int, quick: bool, workdir: Path) -> dic
     dm.val_parameters = dm._check_val(dm.space.from_unit(sobol))
     per_run = int(np.prod(dm.solver.n_steps)) if hasattr(dm.solver, "n_steps") else 1
     total_steps = budget * per_run // dm.batch_size
+    cli.model.lr_decay_steps = total_steps
     dm.buffer = FIFO(capacity=4000, watermark=4 * dm.batch_size, seed=seed)
     dm.sampler, steered = _sampler(method, seed)
     curve: list[dict[str, Any]] = []
@@ -171,6 +179,7 @@ def run(problem: str, method: str, seed: int, quick: bool, workdir: Path) -> dic
         "max": float(loss.max()),
         "steps": trainer.global_step,
         "completed": dm.stats["completed"],
+        "budget": budget,
         "seconds": time.perf_counter() - t0,
         "curve": curve,
         "val_loss": loss.tolist(),
@@ -188,22 +197,23 @@ def bootstrap_ratio(
     return point, float(lo), float(hi)
 
 
-def budget_to_reach(curve: list[dict[str, Any]], target: float, key: str) -> float:
-    """Runs trained on when the curve first reaches ``target`` (log-linear interpolation);
-    inf if it never does."""
-    prev = None
-    for point in curve:
-        if point[key] <= target:
-            if prev is None:
-                return float(point["runs_trained"])
-            y0, y1 = np.log(prev[key]), np.log(point[key])
-            f = 1.0 if y0 == y1 else (y0 - np.log(target)) / (y0 - y1)
-            return float(prev["runs_trained"] + f * (point["runs_trained"] - prev["runs_trained"]))
-        prev = point
+def budget_to_reach(points: list[tuple[float, float]], target: float) -> float:
+    """Budget at which the final error against budget, ``(budget, error)`` sorted by budget,
+    reaches ``target`` (log-log interpolation); 0 if the smallest budget already does, inf if
+    the largest does not."""
+    if points[0][1] <= target:
+        return 0.0
+    for (b0, e0), (b1, e1) in itertools.pairwise(points):
+        if e1 <= target:
+            f = (np.log(e0) - np.log(target)) / (np.log(e0) - np.log(e1))
+            return float(np.exp(np.log(b0) + f * (np.log(b1) - np.log(b0))))
     return float("inf")
 
 
-def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[list, dict]:
+def summarise(
+    results: dict[str, dict[str, list[dict[str, Any]]]],
+    curves: dict[str, dict[str, dict[int, list[dict[str, Any]]]]],
+) -> tuple[list, dict]:
     rng = np.random.default_rng(0)
     rows, summary = [], {}
     for problem, by_method in results.items():
@@ -211,30 +221,44 @@ def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[list
         if not uni:
             continue
         base = {s: np.array([r[s] for r in uni]) for s in STATS}
-        targets = {k: float(np.mean([r["curve"][-1][k] for r in uni])) for k in ("mean", "max")}
         for method, runs in by_method.items():
             vals = {s: np.array([r[s] for r in runs]) for s in STATS}
             ratio = {s: bootstrap_ratio(base[s], vals[s], rng) for s in STATS}
-            full = runs[0]["curve"][-1]["runs_trained"]
-            fewer = {}
-            for k in ("mean", "max"):
-                need = np.median([budget_to_reach(r["curve"], targets[k], k) for r in runs])
-                fewer[k] = float(full / need) if np.isfinite(need) and need > 0 else 0.0
-            summary.setdefault(problem, {})[method] = {
+            entry: dict[str, Any] = {
                 "mean_over_seeds": {s: float(vals[s].mean()) for s in STATS},
                 "ratio_uniform_over_method": {s: ratio[s][0] for s in STATS},
                 "ratio_90ci": {s: [ratio[s][1], ratio[s][2]] for s in STATS},
-                "fewer_runs_to_uniform_final": fewer,
                 "seeds": len(runs),
                 "runs": runs,
             }
+            fewer_cells = ["", ""]
+            by_budget = curves.get(problem, {}).get(method, {})
+            if len(by_budget) > 1:
+                budgets = sorted(by_budget)
+                full = budgets[-1]
+                entry["budget_curve"] = {
+                    k: [(b, float(np.mean([r[k] for r in by_budget[b]]))) for b in budgets]
+                    for k in ("mean", "max")
+                }
+                fewer = {}
+                for i, k in enumerate(("mean", "max")):
+                    need = budget_to_reach(entry["budget_curve"][k], float(base[k].mean()))
+                    fewer[k] = full / need if need > 0 else float("inf")
+                    if need == 0:
+                        fewer_cells[i] = f"> {full / budgets[0]:.0f}"
+                    elif not np.isfinite(need):
+                        fewer_cells[i] = "< 1"
+                    else:
+                        fewer_cells[i] = f"{fewer[k]:.2f}"
+                entry["fewer_runs_to_uniform_final"] = fewer
+            summary.setdefault(problem, {})[method] = entry
             rows.append(
                 [
                     problem,
                     method,
                     *(float(vals[s].mean()) for s in STATS),
                     *(f"{ratio[s][0]:.2f} ({ratio[s][1]:.2f}-{ratio[s][2]:.2f})" for s in STATS),
-                    *(f"{fewer[k]:.2f}" if fewer[k] else "> budget" for k in ("mean", "max")),
+                    *fewer_cells,
                 ]
             )
     return rows, summary
@@ -245,8 +269,21 @@ def plot(summary: dict[str, Any], out: Path, name: str) -> None:
         from matplotlib.figure import Figure
     except ImportError:
         return
-    fig = Figure(figsize=(4.2 * len(summary), 3.4))
-    axes = fig.subplots(1, len(summary), squeeze=False)[0]
+    fig = Figure(figsize=(4.2 * len(summary), 6.8))
+    grid = fig.subplots(2, len(summary), squeeze=False)
+    for ax, (problem, by_method) in zip(grid[1], summary.items(), strict=True):
+        for method, s in by_method.items():
+            if "budget_curve" in s:
+                b, e = zip(*s["budget_curve"]["mean"], strict=True)
+                ax.plot(b, e, marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("solver budget (runs), a whole study each")
+        ax.set_ylabel("final held-out error, mean")
+        ax.set_title(f"{problem}: sample efficiency")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    axes = grid[0]
     for ax, (problem, by_method) in zip(axes, summary.items(), strict=True):
         for method, s in by_method.items():
             curves = [r["curve"] for r in s["runs"]]
@@ -258,7 +295,7 @@ def plot(summary: dict[str, Any], out: Path, name: str) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("runs trained on (equal steps)")
         ax.set_ylabel("held-out per-run error, mean")
-        ax.set_title(problem)
+        ax.set_title(f"{problem}: during the study")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     png = out / f"{name}.png"
@@ -272,34 +309,50 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--methods", nargs="+", default=MAIN)
     p.add_argument("--ablations", action="store_true", help="also the ablations (shock problem)")
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also whole studies at these fractions of the budget (sample-efficiency curve)",
+    )
+    p.add_argument("--curve-methods", nargs="+", default=["uniform", "halton", "error_model"])
     p.add_argument("--quick", action="store_true", help="smoke test: tiny settings")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--name", default=None, help="output file name (default sample_efficiency)")
     a = p.parse_args()
-    plan = [(pr, m) for pr in a.problems for m in a.methods]
+    plan = [(pr, m, 1.0) for pr in a.problems for m in a.methods]
     if a.ablations:
-        plan += [("burgers1d_shock", m) for m in ABLATIONS]
+        plan += [("burgers1d_shock", m, 1.0) for m in ABLATIONS]
+    plan += [
+        (pr, m, f) for f in a.fractions for pr in a.problems for m in a.curve_methods if f != 1.0
+    ]
     if a.quick:
-        plan = [("burgers1d_shock", m) for m in ("uniform", "error_model")]
+        plan = [("burgers1d_shock", m, 1.0) for m in ("uniform", "error_model")]
         a.seeds = a.seeds[:1]
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    curves: dict[str, dict[str, dict[int, list[dict[str, Any]]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in a.seeds:  # seeds outermost: a partial run still compares every method
-            for problem, method in plan:
-                r = run(problem, method, seed, a.quick, Path(tmp))
-                results.setdefault(problem, {}).setdefault(method, []).append(r)
+            for problem, method, fraction in plan:
+                r = run(problem, method, seed, a.quick, Path(tmp), fraction)
+                if fraction == 1.0:
+                    results.setdefault(problem, {}).setdefault(method, []).append(r)
+                by_budget = curves.setdefault(problem, {}).setdefault(method, {})
+                by_budget.setdefault(r["budget"], []).append(r)
                 print(
-                    f"{problem:<16} {method:<15} seed {seed}: mean {r['mean']:.3g} "
-                    f"max {r['max']:.3g} ({r['steps']} steps, {r['seconds']:.0f} s)",
+                    f"{problem:<16} {method:<15} seed {seed} budget {r['budget']}: "
+                    f"mean {r['mean']:.3g} max {r['max']:.3g} "
+                    f"({r['steps']} steps, {r['seconds']:.0f} s)",
                     flush=True,
                 )
-    rows, summary = summarise(results)
+    rows, summary = summarise(results, curves)
     header = [
         "problem",
         "method",
         *STATS,
         *(f"uni/{s} (90% CI)" for s in STATS),
-        "fewer runs: mean",
+        "x fewer runs: mean",
         "max",
     ]
     print(table(rows, header))

@@ -44,6 +44,7 @@ class _Regression(pl.LightningModule):
     """Mean squared error on ``(x, y)`` batches, Adam, the usual logging."""
 
     lr: float
+    lr_decay_steps: int = 0
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -59,8 +60,23 @@ class _Regression(pl.LightningModule):
         x, y = batch
         self.log("test_loss", nn.functional.mse_loss(self(x), y), sync_dist=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=self.lr)
+        if not self.lr_decay_steps:
+            return opt
+        total = self.lr_decay_steps
+
+        def cosine(step: int) -> float:  # lr -> lr / 100 over `total` steps, then flat
+            return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _decay_steps(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"lr_decay_steps must be an int >= 0, got {value!r}")
+    return value
 
 
 class FieldMLP(_Regression):
@@ -73,6 +89,8 @@ class FieldMLP(_Regression):
         hidden: sizes of the hidden layers.
         activation: ``relu``, ``gelu``, ``tanh`` or ``silu``.
         lr: Adam learning rate.
+        lr_decay_steps: if > 0, the learning rate falls along a cosine from ``lr`` to
+            ``lr / 100`` over this many optimizer steps (then stays there); 0 keeps it constant.
     """
 
     def __init__(
@@ -82,6 +100,7 @@ class FieldMLP(_Regression):
         hidden: Sequence[int] = (256, 256),
         activation: str = "relu",
         lr: float = 1e-3,
+        lr_decay_steps: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -94,6 +113,7 @@ class FieldMLP(_Regression):
         layers.append(nn.Linear(sizes[-1], self.n_outputs))
         self.net = nn.Sequential(*layers)
         self.lr = float(lr)
+        self.lr_decay_steps = _decay_steps(lr_decay_steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -173,6 +193,8 @@ class FNO1D(Autoregressive1D):
         modes: Fourier modes kept by each spectral convolution.
         n_layers: Fourier layers.
         lr: Adam learning rate.
+        lr_decay_steps: if > 0, the learning rate falls along a cosine from ``lr`` to
+            ``lr / 100`` over this many optimizer steps (then stays there); 0 keeps it constant.
     """
 
     def __init__(
@@ -182,6 +204,7 @@ class FNO1D(Autoregressive1D):
         modes: int = 16,
         n_layers: int = 4,
         lr: float = 1e-3,
+        lr_decay_steps: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -193,6 +216,7 @@ class FNO1D(Autoregressive1D):
         nn.init.zeros_(self.head.weight)  # start from the identity map u(t_k) -> u(t_k)
         nn.init.zeros_(self.head.bias)
         self.lr = float(lr)
+        self.lr_decay_steps = _decay_steps(lr_decay_steps)
 
     def increment(self, x: torch.Tensor) -> torch.Tensor:
         b, _, n = x.shape
@@ -217,6 +241,8 @@ class CNN1D(Autoregressive1D):
         kernel_size: odd kernel size.
         n_layers: convolutions (>= 2).
         lr: Adam learning rate.
+        lr_decay_steps: if > 0, the learning rate falls along a cosine from ``lr`` to
+            ``lr / 100`` over this many optimizer steps (then stays there); 0 keeps it constant.
     """
 
     def __init__(
@@ -226,6 +252,7 @@ class CNN1D(Autoregressive1D):
         kernel_size: int = 5,
         n_layers: int = 4,
         lr: float = 1e-3,
+        lr_decay_steps: int = 0,
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1 or n_layers < 2:
@@ -243,6 +270,7 @@ class CNN1D(Autoregressive1D):
         nn.init.zeros_(head.bias)
         self.net = nn.Sequential(*layers, head)
         self.lr = float(lr)
+        self.lr_decay_steps = _decay_steps(lr_decay_steps)
 
     def increment(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
