@@ -26,6 +26,7 @@ ROOT = Path(__file__).parent.parent
 RECIPES = ROOT / "recipes"
 NAMES = ["heat2d", "burgers1d", "allen_cahn1d"]
 EXTERNAL = ["heat2d_c"]  # need a compiled program: tested on their own below
+STEERED = ["burgers1d_shock"]  # steered by themselves, without a plain twin
 ALL = sorted(p.stem for p in RECIPES.glob("*.yaml") if p.stem not in EXTERNAL)
 
 # A few runs of a few steps on small grids: seconds per recipe on two cores.
@@ -33,6 +34,7 @@ TINY = {
     "heat2d": ["--data.solver.init_args.n_steps=5"],
     "burgers1d": ["--data.solver.init_args.nx=32", "--data.solver.init_args.n_steps=5"],
     "allen_cahn1d": ["--data.solver.init_args.nx=32", "--data.solver.init_args.n_steps=5"],
+    "burgers1d_shock": ["--data.solver.init_args.nx=32", "--data.solver.init_args.n_steps=5"],
 }
 COMMON = [
     "--data.n_simulations=4",
@@ -60,7 +62,7 @@ def cli_process(monkeypatch):
 def tiny_args(name: str, root: Path) -> list[str]:
     base = name.removesuffix("_breed")
     args = ["--config", str(RECIPES / f"{name}.yaml"), *TINY[base], *COMMON]
-    if name.endswith("_breed"):
+    if name.endswith("_breed") or name in STEERED:
         args += STEERING
     return [*args, f"--trainer.default_root_dir={root}"]
 
@@ -74,7 +76,7 @@ def print_config(args: list[str], capsys) -> str:
 
 
 def test_recipes_come_in_plain_and_breed_pairs():
-    assert ALL == sorted([*NAMES, *(f"{n}_breed" for n in NAMES)])
+    assert ALL == sorted([*NAMES, *(f"{n}_breed" for n in NAMES), *STEERED])
     assert all((RECIPES / f"{n}.yaml").exists() for n in EXTERNAL)
 
 
@@ -118,6 +120,10 @@ def test_recipe_runs_through_the_cli(name, tmp_path, summary_log):
     if name.endswith("_breed"):
         steer = next(c for c in trainer.callbacks if isinstance(c, ActiveSampling))
         assert type(dm.sampler).__name__ == "Breed"
+        assert steer.updates >= 1
+    if name in STEERED:
+        steer = next(c for c in trainer.callbacks if isinstance(c, ActiveSampling))
+        assert type(dm.sampler).__name__ == "ErrorModel"
         assert steer.updates >= 1
 
 
