@@ -18,9 +18,10 @@ What differs from a plain ``LightningCLI``:
   :class:`~lightning_online.monitor.StudyProgressBar` unless ``trainer.callbacks`` has one
   (e.g. ``--trainer.callbacks+=RichStudyProgressBar``) or ``trainer.enable_progress_bar`` is false.
 * Config files are read with OmegaConf (``parser_mode="omegaconf"``), so a recipe can refer to
-  one value from several places (``${data.solver.init_args.nx}``). Interpolations are resolved
-  when the file is read: a command-line override changes the value it names, not the places of
-  the file that copy it (override those too).
+  one value from several places (``${data.solver.init_args.nx}``). The interpolations follow
+  command-line overrides: ``--data.solver.init_args.nx=32`` also changes the model's
+  ``field_shape`` that copies it in the file (unless the command line sets that too); the
+  saved ``config.yaml`` and ``--print_config`` show the values used.
 * Class names of this package work as shorthands: ``--data.sampler=Breed``,
   ``--data.buffer=FIFO``, ``--trainer.callbacks+=ActiveSampling``, ``--model=FNO1D``.
 * ``torch_num_threads`` (default: automatic) limits torch's CPU threads so that training does not
@@ -35,7 +36,9 @@ What differs from a plain ``LightningCLI``:
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from typing import Any
 
 import torch
@@ -113,6 +116,29 @@ class OnlineCLI(LightningCLI):
             kwargs["trainer_defaults"] = defaults
         super().__init__(*args, **kwargs)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse as ``LightningCLI`` does, with the config files' interpolations following the
+        command line's overrides: a first parse finds the values they take with the overrides,
+        a second one adds those as explicit options (so ``--print_config``, validation and the
+        saved ``config.yaml`` see them). Training process, every rank, before anything is built.
+        """
+        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+        if argv is None or any(not isinstance(a, str) for a in argv):
+            super().parse_arguments(parser, args)
+            return
+        printing = [a for a in argv if a == "--print_config" or a.startswith("--print_config=")]
+        rest = [a for a in argv if a not in printing]
+        if args is None and printing:  # as from the shell, without --print_config
+            self.config = parser.parse_args(rest)
+        else:
+            super().parse_arguments(parser, rest if printing else args)
+        subcommand = self.config.get("subcommand")
+        cfg = self.config[subcommand] if subcommand else self.config
+        changes = follow_interpolations(_config_files(rest), cfg.as_dict())
+        if changes or printing:
+            extra = [f"--{key}={json.dumps(value)}" for key, value in changes.items()]
+            self.config = parser.parse_args([*argv, *extra])
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(StudyMonitor, "monitor")
         parser.add_argument(
@@ -145,6 +171,85 @@ class OnlineCLI(LightningCLI):
             if shown and not any(isinstance(c, ProgressBar) for c in callbacks):
                 kwargs["callbacks"] = [*callbacks, StudyProgressBar()]
         return super().instantiate_trainer(**kwargs)
+
+
+def _config_files(argv: list[str]) -> list[str]:
+    """The files given with ``--config FILE`` / ``--config=FILE`` / ``-c FILE``, in order."""
+    files = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.partition("=")[2])
+    return [f for f in files if os.path.isfile(f)]
+
+
+def _interpolations(node: Any, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], str]:
+    if isinstance(node, dict):
+        return {p: e for k, v in node.items() for p, e in _interpolations(v, (*path, k)).items()}
+    if isinstance(node, list):
+        return {p: e for i, v in enumerate(node) for p, e in _interpolations(v, (*path, i)).items()}
+    return {path: node} if isinstance(node, str) and "${" in node else {}
+
+
+def _get(node: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        node = node[key]
+    return node
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_plain(v) for v in node]
+    return node if node is None or isinstance(node, str | int | float | bool) else str(node)
+
+
+def follow_interpolations(files: list[str], final: dict[str, Any]) -> dict[str, Any]:
+    """New values for the places of ``final`` (a parsed config) that the config ``files`` fill
+    by OmegaConf interpolation, re-resolved against ``final`` so that they follow command-line
+    overrides; a place the command line set itself is kept. Returns ``{dotted key: value}``
+    (an interpolation inside a list gives the whole list). Training process, at parsing."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    changes: dict[str, Any] = {}
+    for file in files:
+        with open(file) as f:
+            raw = yaml.safe_load(f)
+        found = _interpolations(raw)
+        if not isinstance(raw, dict) or not found:
+            continue
+        try:
+            as_read = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+        except OmegaConfBaseException:
+            continue
+        redo = _plain(final)
+        for path, expr in found.items():
+            try:
+                if _get(redo, path) != _get(as_read, path):
+                    continue  # set on the command line (or by a later file): keep it
+                _get(redo, path[:-1])[path[-1]] = expr
+            except (KeyError, IndexError, TypeError):
+                continue
+        try:
+            resolved = OmegaConf.to_container(OmegaConf.create(redo), resolve=True)
+        except OmegaConfBaseException:
+            continue
+        for path in found:
+            # the whole list when the interpolation is one of its items
+            cut = next((i for i, k in enumerate(path) if isinstance(k, int)), len(path))
+            key = path[:cut]
+            try:
+                new, old = _get(resolved, key), _get(_plain(final), key)
+            except (KeyError, IndexError, TypeError):
+                continue
+            if new != old:
+                changes[".".join(map(str, key))] = new
+                _get(final, key[:-1])[key[-1]] = new  # seen by the next file
+    return changes
 
 
 def main(args: list[str] | None = None) -> None:

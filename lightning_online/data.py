@@ -206,10 +206,12 @@ class OnlineDataModule(pl.LightningDataModule):
             return None
         if isinstance(val, int | np.integer) and not isinstance(val, bool):
             n = _positive_int("val_parameters", val)
-            if n > self.n_simulations:
-                raise ValueError(
-                    f"val_parameters ({n}) asks for more validation runs than the training "
-                    f"budget n_simulations ({self.n_simulations}); use fewer validation runs"
+            if n > self.n_simulations:  # allowed: validation runs are not in the budget
+                log.info(
+                    "%d validation runs for a budget of %d training runs (validation runs are "
+                    "simulated once, before training, and do not count toward n_simulations)",
+                    n,
+                    self.n_simulations,
                 )
             return n
         arr = np.asarray(val, dtype=np.float64)

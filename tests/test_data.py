@@ -355,10 +355,6 @@ def _unpicklable_solver():
         (dict(n_simulations=-3), "n_simulations must be a positive integer"),
         (dict(n_workers=0), "n_workers must be a positive integer"),
         (dict(batch_size=0), "batch_size must be a positive integer"),
-        (
-            dict(val_parameters=50, n_simulations=10),
-            "more validation runs than the training budget",
-        ),
         (dict(val_parameters=np.array([[2.0, 0.5]])), "outside the parameter space"),
         (dict(val_parameters=np.zeros((3, 5))), r"\(n, 2\) array"),
         (dict(run_timeout=0), "run_timeout must be positive"),
