@@ -461,10 +461,12 @@ class OnlineDataModule(pl.LightningDataModule):
             limit = (trainer.limit_val_batches,)
             trainer.limit_val_batches = 0
         added: list[Callback] = []
+        # trainer.callbacks is set by Lightning's callback connector (not declared on Trainer)
+        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
         if self.val_parameters is not None:
-            if not any(isinstance(c, _ValidationReport) for c in trainer.callbacks):
+            if not any(isinstance(c, _ValidationReport) for c in callbacks):
                 added.append(_ValidationReport(self))
-                trainer.callbacks.append(added[-1])
+                callbacks.append(added[-1])
         warnings.filterwarnings("ignore", _FEW_WORKERS, PossibleUserWarning)
         self._lent = (trainer, limit, added, warnings.filters[0])
 
@@ -478,11 +480,15 @@ class OnlineDataModule(pl.LightningDataModule):
         self._lent = None
         if limit is not None:
             trainer.limit_val_batches = limit[0]
+        from typing import cast
+
+        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
         for callback in added:
-            if callback in trainer.callbacks:
-                trainer.callbacks.remove(callback)
-        if entry in warnings.filters:
-            warnings.filters.remove(entry)
+            if callback in callbacks:
+                callbacks.remove(callback)
+        filters = cast("list[Any]", warnings.filters)  # a list (typed as a Sequence)
+        if entry in filters:
+            filters.remove(entry)
 
     def state_dict(self) -> dict[str, Any]:
         """Sampler state and the study's progress, saved in Lightning checkpoints.

@@ -128,7 +128,7 @@ class FieldMLP(_Regression):
         if n != self.n_outputs:
             raise ValueError(
                 f"FieldMLP predicts {self.n_outputs} values (field_shape="
-                f"{list(self.hparams.field_shape)}) but the targets have {n} "
+                f"{list(self.hparams['field_shape'])}) but the targets have {n} "
                 f"(shape {tuple(y.shape[1:])}); set model.init_args.field_shape to the solver's "
                 "grid, e.g. [ny, nx] for Heat2D"
             )
@@ -214,6 +214,7 @@ class FNO1D(Autoregressive1D):
         self.project = nn.Sequential(nn.Conv1d(width, 2 * width, 1), nn.GELU())
         self.head = nn.Conv1d(2 * width, 1, 1)
         nn.init.zeros_(self.head.weight)  # start from the identity map u(t_k) -> u(t_k)
+        assert self.head.bias is not None  # Conv1d's default bias=True
         nn.init.zeros_(self.head.bias)
         self.lr = float(lr)
         self.lr_decay_steps = _decay_steps(lr_decay_steps)
@@ -267,6 +268,7 @@ class CNN1D(Autoregressive1D):
             c = width
         head = nn.Conv1d(c, 1, kernel_size, padding=pad, padding_mode="circular")
         nn.init.zeros_(head.weight)
+        assert head.bias is not None  # Conv1d's default bias=True
         nn.init.zeros_(head.bias)
         self.net = nn.Sequential(*layers, head)
         self.lr = float(lr)

@@ -120,7 +120,7 @@ class StudyMonitor(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        dm = trainer.datamodule
+        dm = getattr(trainer, "datamodule", None)  # set by Lightning, not declared on Trainer
         self._dm = dm if isinstance(dm, OnlineDataModule) else None
         if self._dm is None:
             rank_zero_warn(

@@ -168,7 +168,7 @@ class Heat2D:
         """
         th = check_theta(theta, self.n_params, self.names)
         X, Y = self.grid()
-        return laplace_square_steady_state(X, Y, *th[1:], n_terms=n_terms)
+        return laplace_square_steady_state(X, Y, th[1], th[2], th[3], th[4], n_terms=n_terms)
 
     def __call__(self, theta: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Validate ``theta`` (shape ``(5,)``) and return the sample generator."""
