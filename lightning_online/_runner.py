@@ -10,7 +10,8 @@ Pipe protocol, both directions: frames of ``<u8 length><1 byte kind><payload>``.
 worker -> runner: ``P`` pickled solver (first frame), ``T`` task (float64 [sim_id, *theta]).
 runner -> worker: ``R`` sample written into the shared ring (``<u8 offset, u8 nbytes, u8 end>``),
 ``S`` sample too large for the ring (wire blob, see ``_wire``), ``D`` run done (int64 n_steps),
-``E`` run failed (UTF-8 reason).
+``E`` run failed (UTF-8 reason), ``K`` (once, after ``P``) the solver is loaded: its start-up does
+not count toward a run's ``run_timeout``.
 
 Samples do not cross the pipe: the runner encodes each one straight into a ring of shared memory
 (a ``memfd`` the worker creates and maps too) and sends only its place in the ring; the worker
@@ -179,6 +180,7 @@ def run(inp: BinaryIO, out: BinaryIO, ring: Ring | None = None) -> None:
     import cloudpickle
 
     solver = cloudpickle.loads(bytes(frame[1]))
+    write_frame(out, b"K", b"")  # ready: the worker starts a run's clock from here
     # A solver may announce how many steps a run yields (an int attribute ``n_steps``, as the
     # shipped solvers do); a run that ends early is then a failure, not a short success.
     announced = getattr(solver, "n_steps", None)

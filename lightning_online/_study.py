@@ -54,6 +54,7 @@ class Run:
     rank: int
     status: str = "running"  # running | completed | failed | stopped
     n_steps: int = 0
+    n_samples: int = 0  # samples of the run taken into the buffer
     reason: str = ""
     launched_at: float = field(default_factory=time.time)
     validation: bool = False
@@ -80,6 +81,10 @@ class Counters:
     samples_rejected: int = 0
     samples_served: int = 0
     samples_replayed: int = 0
+    # Samples a run streamed before it failed stay in the buffer (they are valid; some may
+    # already be served) and its retry streams its own: these are counted here, so that
+    # samples_received = samples of completed runs + samples_from_failed (+ runs in flight).
+    samples_from_failed: int = 0
 
     def vector(self) -> list[int]:
         return [getattr(self, name) for name in COUNTERS]
@@ -367,6 +372,7 @@ class Study:
                 self.count.samples_rejected += len(slots)
                 return
             self.count.samples_received += len(slots)
+            run.n_samples += len(slots)
             kept.extend(slots)
             if self._stash:
                 self._stash.extend(slots)
@@ -401,6 +407,7 @@ class Study:
                 return
             run.status, run.reason = "failed", reason
             self.count.failed += 1
+            self.count.samples_from_failed += run.n_samples
             self.failures.append(run)
             # The failed run gives its permit back: it is retried, or its parameters redrawn.
             self.permits += 1
@@ -602,25 +609,42 @@ class Study:
         return self._restored_launched + own
 
     # ------------------------------------------------------------------ checkpoints
+    def _unserved_runs(self) -> set[int]:
+        """Runs with samples in this rank's buffer (or waiting for room) never served (lock
+        held): a checkpoint counts such a completed run as unfinished, so that a resume runs
+        it again instead of losing what training had not seen of it."""
+        items = [*self.buffer.unserved_items(), *self._stash]
+        if not items or not self.store.configured:
+            return set()
+        return set(self.store.ids(np.asarray(items, dtype=np.int64))[0].tolist())
+
     def export(self) -> dict[str, Any]:
         """The whole study's state, identical on every rank (collective: every rank calls it).
 
-        Completed runs are recorded so a resumed study never runs them again; runs in flight or
-        waiting for a retry are recorded as unfinished and relaunched with the same parameters.
+        Completed runs are recorded so a resumed study never runs them again, unless samples
+        of theirs were never served (they are still in a buffer: nothing completed is lost,
+        the run is recorded as unfinished and run again); runs in flight, stopped or waiting
+        for a retry are recorded as unfinished and relaunched with the same parameters;
+        parameters drawn but not launched yet are kept in their order.
         """
         with self._lock:
+            unserved = self._unserved_runs()
+            own = [r for r in self.runs.values() if not r.validation]
             local = {
                 "completed": [
                     (r.sim_id, r.theta.tolist())
-                    for r in self.runs.values()
-                    if r.status == "completed" and not r.validation
+                    for r in own
+                    if r.status == "completed" and r.sim_id not in unserved
                 ],
                 "unfinished": [
                     (r.theta.tolist(), r.attempt)
-                    for r in self.runs.values()
-                    if r.status == "running" and not r.validation
+                    for r in own
+                    if r.status in ("running", "stopped")
+                    or (r.status == "completed" and r.sim_id in unserved)
                 ]
                 + [(t.tolist(), a) for t, a in self._retry],
+                "rerun": sum(1 for r in own if r.status == "completed" and r.sim_id in unserved),
+                "pending": [(t.tolist(), bool(steered)) for t, steered in self._pending],
                 "failures": [
                     (r.sim_id, r.theta.tolist(), r.attempt, r.reason) for r in self.failures
                 ],
@@ -629,11 +653,12 @@ class Study:
                 "counters": {name: getattr(self.count, name) for name in SAVED},
             }
         parts = self.group.all_gather_object(local)
-        merged: dict[str, Any] = {"completed": [], "unfinished": [], "failures": []}
+        merged: dict[str, Any] = {"completed": [], "unfinished": [], "failures": [], "pending": []}
         for p in parts:
             for key in merged:
                 merged[key].extend(p[key])
         merged["completed"].sort()
+        merged["rerun"] = sum(p["rerun"] for p in parts)
         # launched parameters from earlier sessions appear once (every rank holds them)
         launched = {(t, tuple(th)) for p in parts for t, th in p["launched"]}
         merged["launched"] = [(t, list(th)) for t, th in sorted(launched)]
@@ -641,7 +666,8 @@ class Study:
         counters = {
             k: getattr(self.base, k) + sum(p["counters"].get(k, 0) for p in parts) for k in SAVED
         }
-        # completed runs are counted from the ledger (a run in flight at the save is not)
+        # completed runs are counted from the ledger (a run in flight at the save is not, nor
+        # is a completed run whose samples were not all served: it runs again)
         counters["completed"] = self.base.completed + len(merged["completed"])
         merged["counters"] = counters
         merged["completed"] = self.restored_completed + merged["completed"]
@@ -662,6 +688,11 @@ class Study:
             for i, (theta, attempt) in enumerate(state["unfinished"]):
                 if i % size == rank:
                     self._retry.append((np.asarray(theta, dtype=np.float64), int(attempt)))
+            # drawn, not launched: launched first, in their order (the sampler continues after
+            # them), spread over the ranks
+            for i, (theta, steered) in enumerate(state.get("pending", [])):
+                if i % size == rank:
+                    self._pending.append((np.asarray(theta, dtype=np.float64), bool(steered)))
             self.failures_before = [
                 (i, t, a, cap_text(str(r), 2 * MAX_REASON))
                 for i, t, a, r in state["failures"][-MAX_FAILURES:]

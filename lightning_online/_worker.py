@@ -47,6 +47,7 @@ TAG_TASK, TAG_STOP, TAG_END, TAG_BYE, TAG_FATAL = range(11, 16)
 TAG_SAMPLES = 100
 TAG_SAMPLES_MAX = TAG_SAMPLES + COALESCE_SAMPLES
 _WINDOW = 16  # synchronous sends in flight per worker
+STARTUP_SECONDS = 300.0  # a new sandbox must have loaded the solver by then
 HEADER_BYTES = 32  # the smallest sample (``_wire``'s fixed header) the trainer takes
 _NOTHING = object()  # no frame read ahead
 
@@ -272,11 +273,44 @@ class Worker:
                 continue
             comm.Send([report, MPI.BYTE], dest=0, tag=TAG_END)
 
+    def _await_ready(self, box: _Sandbox) -> bool | None:
+        """Wait for a new sandbox to have loaded the solver (its ``K`` frame): True; False if it
+        ended (or said something else) first, or took more than ``STARTUP_SECONDS``; None if
+        STOP came meanwhile. A Python start-up and the solver's imports (a second or more on a
+        loaded node) are not the run's compute: they do not count toward ``run_timeout``."""
+        fd = box.inp.fileno()
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.05)[0]:
+                frame = read_frame(box.inp)
+                return frame is not None and frame[0] == b"K"
+            self._check_trainer()
+            if self._stop_requested():
+                return None
+        return False
+
     def run(self, sim_id: int, task_theta: bytes) -> np.ndarray | None:
         if self.sandbox is None or self.sandbox.proc.poll() is not None:
             if self.sandbox is not None:
                 self.sandbox.kill()
             self.sandbox = _Sandbox(self.solver, self.python_path)
+            ready = self._await_ready(self.sandbox)
+            if ready is None:  # stopped; the STOP message is still queued
+                self.sandbox.kill()
+                self.sandbox = None
+                return None
+            if not ready:
+                if self.sandbox.proc.poll() is None:
+                    self.sandbox.kill()
+                    self.sandbox = None
+                    return encode_end(
+                        sim_id,
+                        False,
+                        0,
+                        0.0,
+                        f"the solver process did not start within {STARTUP_SECONDS:g} s",
+                    )
+                return self._crashed(sim_id, 0, 0.0)
         box = self.sandbox
         task = np.float64(sim_id).tobytes() + task_theta
         try:

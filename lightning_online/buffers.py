@@ -25,16 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from lightning_online._checks import check_int, check_optional_int
+from lightning_online._seeds import derived_seed
+
 __all__ = ["FIFO", "FIRO", "Buffer", "Reservoir"]
-
-
-def _check_int(name: str, value: Any, low: int, high: int, high_name: str = "") -> int:
-    """Return ``value`` as an int in [low, high], else raise ValueError naming ``name``."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or not low <= value <= high:
-        bound = f"between {low} and {high_name} ({high})" if high_name else f">= {low}"
-        raise ValueError(f"{name} ({value!r}) must be an integer {bound}")
-    return int(value)
 
 
 def _sample(rng: np.random.Generator, m: int, k: int) -> list[int]:
@@ -61,17 +55,31 @@ class Buffer(abc.ABC):
     _keeps_served = True
 
     def __init__(self, capacity: int, watermark: int | None = None, seed: int | None = None):
-        self.capacity = _check_int("capacity", capacity, 1, 2**63)
+        owner = type(self).__name__
+        self.capacity = check_int(capacity, "capacity", 1, owner)
         if watermark is None:
             watermark = max(1, self.capacity // 4)
-        self.watermark = _check_int("watermark", watermark, 1, self.capacity, "capacity")
-        self._rng = np.random.default_rng(seed)
+        self.watermark = check_int(
+            watermark, "watermark", 1, owner, maximum=self.capacity, maximum_name="capacity"
+        )
+        self.seed = check_optional_int(seed, "seed", 0, owner)
+        self._rng = np.random.default_rng(seed if seed is not None else derived_seed("buffer", 0))
         self._cond = threading.Condition()
         self._closed = False
         self._received = self._served = self._evicted = self._unique = 0
         #: Called (without the lock) with a list of items that left the buffer for good.
         self.on_release: Callable[[list[Any]], None] | None = None
         self._leaving: list[Any] = []
+
+    def fresh(self, rank: int = 0) -> Buffer:
+        """An empty buffer of the same kind, capacity, watermark and seed, for a new study on
+        training rank ``rank`` (training thread). Left at ``seed=None``, its random source is
+        derived from Lightning's global seed and the rank (``seed_everything``), else from OS
+        entropy. A policy whose constructor takes other arguments overrides it."""
+        buffer = type(self)(self.capacity, self.watermark, self.seed)
+        if self.seed is None:
+            buffer._rng = np.random.default_rng(derived_seed("buffer", rank))
+        return buffer
 
     # --- policy hooks (lock held) -------------------------------------------------
     @abc.abstractmethod
@@ -92,6 +100,11 @@ class Buffer(abc.ABC):
 
     @abc.abstractmethod
     def _counts(self) -> list[int]: ...
+
+    def _unserved_items(self) -> list[Any]:
+        """Held items never served (lock held); policies override it (the default: none known,
+        which makes a resumed study rerun no completed run for its unserved samples)."""
+        return []
 
     def _free(self) -> int:
         """How many puts would succeed now (lock held); policies override it when they know."""
@@ -171,7 +184,9 @@ class Buffer(abc.ABC):
     # --- consumer side (training thread) ---------------------------------------------
     def _check_n(self, n: int) -> int:
         # n > capacity could never be ready before close: refuse it instead of deadlocking.
-        return _check_int("n", n, 1, self.capacity, "capacity")
+        return check_int(
+            n, "n", 1, type(self).__name__, maximum=self.capacity, maximum_name="capacity"
+        )
 
     def _ready(self, n: int) -> bool:
         if self._closed:
@@ -259,6 +274,11 @@ class Buffer(abc.ABC):
                 "mean_reuse": self._served / self._unique if self._unique else 0.0,
             }
 
+    def unserved_items(self) -> list[Any]:
+        """The held items never served yet (a snapshot; order unspecified)."""
+        with self._cond:
+            return list(self._unserved_items())
+
     def served_counts(self) -> np.ndarray:
         """Served counter of each held item (order unspecified)."""
         with self._cond:
@@ -303,6 +323,9 @@ class _Consuming(Buffer):
 
     def _counts(self) -> list[int]:
         return [0] * len(self._items)
+
+    def _unserved_items(self) -> list[Any]:
+        return list(self._items)
 
 
 class FIFO(_Consuming):
@@ -407,3 +430,6 @@ class Reservoir(Buffer):
 
     def _counts(self) -> list[int]:
         return list(self._count)
+
+    def _unserved_items(self) -> list[Any]:
+        return [self._items[p] for p in self._fresh]

@@ -9,6 +9,7 @@ LightningModule written for an ordinary ``(x, y)`` DataLoader trains unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import time
@@ -32,11 +33,18 @@ from lightning_online._capture import (
     elementwise,
     per_sample_loss,
 )
+from lightning_online._checks import (
+    check_choice,
+    check_int,
+    check_optional_real,
+    check_real,
+)
 from lightning_online._dist import Group
 from lightning_online._mpienv import check_mpi
 from lightning_online._study import STATS_KEYS, Run, Study, StudyError
 from lightning_online._transport import ReceiverPool, WorkerPool
 from lightning_online.buffers import Buffer, Reservoir
+from lightning_online.external import ExternalSolver
 from lightning_online.sampling import Halton, ParameterSpace, Sampler, Uniform
 
 log = logging.getLogger("lightning_online")
@@ -45,12 +53,6 @@ __all__ = ["OnlineDataModule", "Solver"]
 
 Solver = Callable[[np.ndarray], Iterable[tuple[np.ndarray, ...]]]
 """A solver: ``solver(theta)`` yields one training sample (a tuple of arrays) per time step."""
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class _Batches(IterableDataset):
@@ -113,6 +115,11 @@ class OnlineDataModule(pl.LightningDataModule):
         pin_memory: gather batches into page-locked (pinned) memory, so that Lightning's
             ``non_blocking`` copy to the GPU overlaps compute. ``None`` (default): pin when
             CUDA is available.
+        resume: what ``fit(..., ckpt_path=...)`` accepts of a checkpoint of another study:
+            ``"strict"`` (default) refuses a checkpoint whose study differs from this one
+            (parameter space, budget, sampler, buffer, solver), naming each difference, before
+            any run starts; ``"relaxed"`` resumes anyway and logs the differences (the saved
+            sampler state then replaces this one's).
     """
 
     def __init__(
@@ -133,6 +140,7 @@ class OnlineDataModule(pl.LightningDataModule):
         max_failed_fraction: float = 0.5,
         poll_interval: float = 5e-3,
         pin_memory: bool | None = None,
+        resume: str = "strict",
     ) -> None:
         super().__init__()
         if not callable(solver):
@@ -153,9 +161,9 @@ class OnlineDataModule(pl.LightningDataModule):
             check_mpi()  # no MPI to start workers with: say how to get one now, not abort later
         self.solver = solver
         self.space = space
-        self.n_simulations = _positive_int("n_simulations", n_simulations)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.n_workers = _positive_int("n_workers", n_workers)
+        self.n_simulations = check_int(n_simulations, "n_simulations", 1)
+        self.batch_size = check_int(batch_size, "batch_size", 1)
+        self.n_workers = check_int(n_workers, "n_workers", 1)
         self.sampler = sampler if sampler is not None else Uniform()
         if not isinstance(self.sampler, Sampler):
             raise TypeError(f"sampler must be a Sampler, got {type(self.sampler).__name__}")
@@ -171,21 +179,23 @@ class OnlineDataModule(pl.LightningDataModule):
                 "raise the buffer's capacity"
             )
         self.val_parameters = self._check_val(val_parameters)
-        self.val_batch_size = _positive_int("val_batch_size", val_batch_size or self.batch_size)
+        self.val_batch_size = (
+            self.batch_size
+            if val_batch_size is None
+            else check_int(val_batch_size, "val_batch_size", 1)
+        )
         self.val_loss_fn = elementwise(val_loss_fn)
-        if run_timeout is not None and not run_timeout > 0:
-            raise ValueError(f"run_timeout must be positive seconds or None, got {run_timeout!r}")
-        self.run_timeout = None if run_timeout is None else float(run_timeout)
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        self.max_retries = max_retries
-        if not 0.0 < max_failed_fraction <= 1.0:
-            raise ValueError(f"max_failed_fraction must be in (0, 1], got {max_failed_fraction!r}")
-        self.max_failed_fraction = float(max_failed_fraction)
-        self.poll_interval = float(poll_interval)
-        if pin_memory is not None and not isinstance(pin_memory, bool):
-            raise ValueError(f"pin_memory must be True, False or None, got {pin_memory!r}")
-        self.pin_memory = pin_memory
+        self.run_timeout = check_optional_real(run_timeout, "run_timeout", positive=True)
+        self.max_retries = check_int(max_retries, "max_retries", 0)
+        self.max_failed_fraction = check_real(
+            max_failed_fraction, "max_failed_fraction", positive=True, maximum=1.0
+        )
+        # The receiver's longest sleep: 0 would spin a core, a minute would stall the stream.
+        self.poll_interval = check_real(poll_interval, "poll_interval", minimum=1e-5, maximum=1.0)
+        self.pin_memory = check_choice(pin_memory, "pin_memory", (True, False, None))
+        self.resume = check_choice(resume, "resume", ("strict", "relaxed"))
+        if isinstance(solver, ExternalSolver):
+            solver.check_dim(space.dim)
 
         self._study: Study | None = None
         self._pool: ReceiverPool | None = None
@@ -200,12 +210,15 @@ class OnlineDataModule(pl.LightningDataModule):
         # What loggers record about the study (a summary: solvers need not be loggable).
         # (The arguments themselves are left out: Lightning would compare them with the summary.)
         self.save_hyperparameters({"study": _study_hparams(self)}, ignore=_init_names(type(self)))
+        # The study's state when fit ended, for a checkpoint saved afterwards (or why none).
+        self._final: dict[str, Any] | None = None
+        self._final_missing = ""
 
     def _check_val(self, val: int | np.ndarray | None) -> int | np.ndarray | None:
         if val is None:
             return None
         if isinstance(val, int | np.integer) and not isinstance(val, bool):
-            n = _positive_int("val_parameters", val)
+            n = check_int(val, "val_parameters", 1)
             if n > self.n_simulations:  # allowed: validation runs are not in the budget
                 log.info(
                     "%d validation runs for a budget of %d training runs (validation runs are "
@@ -301,8 +314,10 @@ class OnlineDataModule(pl.LightningDataModule):
             self._group = Group()
         if stage == "fit" and self._study is None:
             self._start()
-        if self.val_parameters is not None and self._val_set is None:
+        if self.val_parameters is not None and self._val_set is None and stage != "fit":
             self._simulate_validation()
+        # fit: the validation runs are simulated once Lightning has restored a checkpoint (after
+        # setup), so that a checkpoint of another study is refused before any run starts
         if self.trainer is not None:
             self._borrow_trainer(self.trainer, stage)  # undone at teardown
 
@@ -314,12 +329,13 @@ class OnlineDataModule(pl.LightningDataModule):
                 f"n_simulations ({self.n_simulations}) is smaller than the number of training "
                 f"ranks ({group.size}); every rank needs at least one run"
             )
+        self._final = None
+        self._final_missing = ""
         # Identical sampler state on every rank: parameters are drawn redundantly and sliced.
         self.sampler.load_state_dict(group.broadcast_object(self.sampler.state_dict()))
-        buffer = self.buffer
-        if buffer.closed or len(buffer) or buffer.stats()["received"]:
-            buffer = type(buffer)(buffer.capacity, buffer.watermark)
-        self.buffer = buffer
+        # A new, empty buffer of the same kind and seed for every study (a used one would keep
+        # the last study's samples); left at seed=None, seeded from seed_everything and the rank
+        buffer = self.buffer = self.buffer.fresh(group.rank)
         self._study = Study(
             space=self.space,
             sampler=self.sampler,
@@ -338,8 +354,6 @@ class OnlineDataModule(pl.LightningDataModule):
                 "leave pin_memory=None to pin only when a GPU is there"
             )
         self._study.pin_memory = pin
-        from lightning_online.external import ExternalSolver
-
         pool: type[ReceiverPool]
         if isinstance(self.solver, ExternalSolver):
             from lightning_online._hub import ExternalPool
@@ -419,10 +433,17 @@ class OnlineDataModule(pl.LightningDataModule):
         # Hand out the first permits now, so runs start while Lightning finishes setting up
         # (sanity check). Not earlier: a checkpoint, restored after setup(), may say how much of
         # the budget is already done. Lightning calls this on every rank at the same point.
+        self._ensure_validation()
         self._study.sync()
         return DataLoader(_Batches(self), batch_size=None, num_workers=0)
 
+    def _ensure_validation(self) -> None:
+        """Simulate the validation runs if they are not yet (every rank, at the same point)."""
+        if self.val_parameters is not None and self._val_set is None:
+            self._simulate_validation()
+
     def val_dataloader(self) -> DataLoader:
+        self._ensure_validation()
         if self._val_set is None:
             return []  # type: ignore[return-value]
         return DataLoader(self._val_set, batch_size=self.val_batch_size, shuffle=False)
@@ -491,32 +512,126 @@ class OnlineDataModule(pl.LightningDataModule):
             filters.remove(entry)
 
     def state_dict(self) -> dict[str, Any]:
-        """Sampler state and the study's progress, saved in Lightning checkpoints.
+        """Sampler state, the study's progress and its fingerprint, saved in Lightning
+        checkpoints, during ``fit`` and after it returns (``trainer.save_checkpoint``).
 
-        Collective under DDP (every rank calls it when Lightning saves a checkpoint): the state
-        describes the whole study and is identical on every rank, since only rank 0 writes it.
-        The buffer's contents are not saved: a live stream cannot be replayed.
+        Collective under DDP while ``fit`` runs (every rank calls it when Lightning saves a
+        checkpoint): the state describes the whole study and is identical on every rank, since
+        only rank 0 writes it. The buffer's contents are not saved: a completed run with
+        samples never served is recorded as unfinished and runs again on resume.
         """
-        state: dict[str, Any] = {"sampler": self.sampler.state_dict(), "stats": dict(self._stats)}
+        state: dict[str, Any] = {
+            "sampler": self.sampler.state_dict(),
+            "stats": dict(self._stats),
+            "fingerprint": self.fingerprint(),
+        }
         if self._study is None:
+            if self._final is not None:
+                state["study"] = self._final
+            elif self._final_missing:
+                state["study_missing"] = self._final_missing
             return state
         interrupted = self.trainer is not None and self.trainer.interrupted
         if interrupted and self._group is not None and self._group.size > 1:
             # A checkpoint saved from an exception handler may run on one rank only; a
-            # collective here could hang. Such a checkpoint keeps the sampler, not the study.
+            # collective here could hang. Such a checkpoint keeps the sampler, not the study,
+            # and says so: a resume from it is refused unless resume="relaxed".
+            why = "it was saved from an exception handler under DDP"
             rank_zero_warn(
-                "checkpoint saved after an exception under DDP holds no study progress; "
-                "resume from a periodic checkpoint to continue the study exactly"
+                f"this checkpoint holds no study progress ({why}); resume from a periodic "
+                "checkpoint to continue the study exactly"
             )
+            state["study_missing"] = why
             return state
         state["study"] = self._study.export()
         return state
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What defines this study, compared when a checkpoint is resumed: the parameter space
+        (names, bounds, log flags), the budget, the sampler's kind and configuration, the
+        buffer's kind and capacity and the solver (an external program's command and fields,
+        a Python solver's kind and a digest of its pickled bytes)."""
+        from lightning_online.external import ExternalSolver
+
+        solver: dict[str, Any] = {"kind": type(self.solver).__qualname__}
+        if isinstance(self.solver, ExternalSolver):
+            solver.update(command=self.solver.command, fields=self.solver.fields)
+        else:
+            solver["digest"] = hashlib.sha256(self._solver_bytes).hexdigest()[:16]
+        return {
+            "space": {
+                "names": list(self.space.names),
+                "low": self.space.low.tolist(),
+                "high": self.space.high.tolist(),
+                "log": self.space.log.tolist(),
+            },
+            "n_simulations": self.n_simulations,
+            "sampler": {"kind": type(self.sampler).__name__, **self.sampler.config()},
+            "buffer": {"kind": type(self.buffer).__name__, "capacity": self.buffer.capacity},
+            "solver": solver,
+        }
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the checkpoint's study: refused (``resume="strict"``, the default) when
+        the checkpoint is of another study or holds no study progress, before any run starts;
+        with ``resume="relaxed"`` the differences are logged and the saved state is taken."""
+        if self._study is not None:  # fit: a study is about to start from this checkpoint
+            self._check_resume(state_dict)
         self.sampler.load_state_dict(state_dict["sampler"])
-        if "study" in state_dict and self._study is not None:
-            self._study.restore(state_dict["study"])
         self.refresh_parameters()
+        if "study" in state_dict and self._study is not None:
+            self._study.restore(self._fit_state(state_dict["study"]))
+
+    def _check_resume(self, state: dict[str, Any]) -> None:
+        relaxed = self.resume == "relaxed"
+        override = (
+            "To resume it anyway (its sampler state and progress replace this study's), pass "
+            'OnlineDataModule(..., resume="relaxed").'
+        )
+        if "study" not in state:
+            why = state.get("study_missing") or "it was saved by a version that kept none"
+            msg = (
+                f"the checkpoint holds no study progress ({why}): resuming from it would start "
+                "the study over and run its whole budget again. Resume from a periodic "
+                "checkpoint (ModelCheckpoint) to continue the study exactly. " + override
+            )
+            if not relaxed:
+                raise ValueError(msg)
+            log.warning(msg)
+        saved = state.get("fingerprint")
+        if saved is None:
+            log.warning(
+                "the checkpoint has no study fingerprint (saved by an older version): it is "
+                "resumed without checking that it is of this study"
+            )
+            return
+        diffs = _differences(saved, self.fingerprint())
+        if not diffs:
+            return
+        lines = "\n".join(f"  {key}: checkpoint {a!r}, now {b!r}" for key, a, b in diffs)
+        msg = f"the checkpoint is of another study; it differs in:\n{lines}\n"
+        if not relaxed:
+            raise ValueError(msg + override)
+        log.warning("%sresume='relaxed': resuming it anyway", msg)
+
+    def _fit_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The saved study, less parameters that this study's space cannot take (a relaxed
+        resume of a checkpoint of another space)."""
+
+        def fits(theta: Any) -> bool:
+            arr = np.asarray(theta, dtype=np.float64)
+            return arr.shape == (self.space.dim,) and bool(self.space.contains(arr)[0])
+
+        out = dict(state)
+        out["unfinished"] = [(t, a) for t, a in state["unfinished"] if fits(t)]
+        out["pending"] = [(t, s) for t, s in state.get("pending", []) if fits(t)]
+        out["launched"] = [(ts, t) for ts, t in state["launched"] if fits(t)]
+        dropped = sum(len(state.get(k, [])) - len(out[k]) for k in ("unfinished", "pending"))
+        if dropped:
+            log.warning(
+                "%d saved run(s) have parameters outside this study's space: not run", dropped
+            )
+        return out
 
     # ------------------------------------------------------------------ internals
     def _batches(self) -> Iterator[torch.Tensor | list[torch.Tensor]]:
@@ -558,6 +673,12 @@ class OnlineDataModule(pl.LightningDataModule):
             # One last agreement so that stats and launched parameters describe the whole study
             # on every rank (every rank reaches teardown after a normal end of fit).
             self._stats = dict(study.gather_stats())
+        if group is not None and (collective or group.size == 1):
+            # A checkpoint saved after fit returns continues the study (collective: every
+            # rank is here); after an exception under DDP none can, and it says so.
+            self._final = study.export()
+        else:
+            self._final_missing = "fit ended with an exception under DDP"
         if collective and group is not None and group.size > 1:
             parts = group.all_gather_object(study.launched_parameters())
             entries = sorted((e for p in parts for e in p), key=lambda e: e[0])
@@ -565,6 +686,17 @@ class OnlineDataModule(pl.LightningDataModule):
                 np.stack([t for _, t in entries]) if entries else np.zeros((0, self.space.dim))
             )
         self._study = None
+
+
+def _differences(saved: Any, now: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved, now)`` of every leaf where two fingerprints differ."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for k in dict.fromkeys([*saved, *now]):
+            sub = f"{key}.{k}" if key else str(k)
+            out += _differences(saved.get(k, "(absent)"), now.get(k, "(absent)"), sub)
+        return out
+    return [] if saved == now else [(key, saved, now)]
 
 
 _FEW_WORKERS = r"The '(train|val|test|predict)_dataloader' does not have many workers"

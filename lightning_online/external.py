@@ -29,6 +29,17 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from lightning_online import _protocol as proto
+from lightning_online._checks import (
+    check_choice,
+    check_directory,
+    check_environment,
+    check_int,
+    check_optional_int,
+    check_real,
+    check_string,
+    check_template,
+    refuse,
+)
 from lightning_online.launchers import Launcher, resolve_launcher
 
 __all__ = ["ExternalRunError", "ExternalSolver"]
@@ -98,17 +109,27 @@ class ExternalSolver:
                 f"command must be a non-empty list of strings (the program and its arguments), "
                 f"got {command!r}"
             )
-        if isinstance(n_procs, bool) or not isinstance(n_procs, int) or n_procs < 1:
-            raise ValueError(f"n_procs must be a positive integer, got {n_procs!r}")
-        if n_steps is not None and (
-            isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1
-        ):
-            raise ValueError(f"n_steps must be a positive integer or None, got {n_steps!r}")
-        for name, value in (("connect_timeout", connect_timeout), ("exit_timeout", exit_timeout)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        owner = "ExternalSolver"
+        self._n_placeholders = max(
+            check_template(c, f"command[{i}]", ("theta",), owner) for i, c in enumerate(command)
+        )
+        n_procs = check_int(n_procs, "n_procs", 1, owner)
+        n_steps = check_optional_int(n_steps, "n_steps", 1, owner)
+        connect_timeout = check_real(connect_timeout, "connect_timeout", owner, positive=True)
+        exit_timeout = check_real(exit_timeout, "exit_timeout", owner, positive=True)
+        # a step is at least a header and one descriptor
+        max_step_bytes = check_int(
+            max_step_bytes, "max_step_bytes", proto.DESCRIPTOR.itemsize, owner
+        )
+        if host is not None:
+            host = check_string(host, "host", owner)
+        env = check_environment(env, "env", owner)
+        cwd = check_directory(cwd, "cwd", owner)
+        echo_output = check_choice(echo_output, "echo_output", (True, False), owner)
         if fields is not None:
-            fields = [str(f) for f in fields]
+            if isinstance(fields, str):
+                raise refuse("fields", "a list of names or None", fields, owner)
+            fields = [check_string(f, "a field name", owner) for f in fields]
             if not fields or len(set(fields)) != len(fields):
                 raise ValueError(f"fields must be distinct names, got {fields!r}")
             for f in fields:
@@ -120,13 +141,13 @@ class ExternalSolver:
         self.launcher = resolve_launcher(launcher)
         self.launcher.check(n_procs)
         self.n_steps = n_steps
-        self.env = dict(env or {})
+        self.env = env
         self.cwd = cwd
-        self.connect_timeout = float(connect_timeout)
-        self.exit_timeout = float(exit_timeout)
+        self.connect_timeout = connect_timeout
+        self.exit_timeout = exit_timeout
         self.host = host
         self.echo_output = echo_output
-        self.max_step_bytes = int(max_step_bytes)
+        self.max_step_bytes = max_step_bytes
         self._check_program()
 
     def _check_program(self) -> None:
@@ -147,6 +168,16 @@ class ExternalSolver:
             f"ExternalSolver(command={self.command!r}, n_procs={self.n_procs}, "
             f"launcher={self.launcher!r})"
         )
+
+    def check_dim(self, dim: int) -> None:
+        """Refuse a command whose placeholders ask for more parameters than ``dim`` (called by
+        ``OnlineDataModule`` with the parameter space, at construction)."""
+        if getattr(self, "_n_placeholders", 0) > dim:
+            raise ValueError(
+                f"ExternalSolver: the command uses {{{self._n_placeholders - 1}}}, but the "
+                f"parameter space has {dim} dimension(s) ({{0}} to {{{dim - 1}}}): "
+                f"{self.command!r}"
+            )
 
     def argv(self, theta: np.ndarray) -> list[str]:
         """The full command line of one run (launcher included) for parameters ``theta``."""

@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import qmc
 
+from lightning_online._checks import check_optional_int, refuse
+from lightning_online._seeds import derived_seed
+
 __all__ = ["Halton", "LatinHypercube", "ParameterSpace", "Sampler", "Uniform"]
 
 # scipy >= 1.15 names the QMC engines' random source ``rng`` (``seed`` is on its way out); we
@@ -61,6 +64,10 @@ class ParameterSpace:
             raise ValueError("ParameterSpace: needs at least one dimension (low is empty)")
         if hi.shape[0] != d:
             raise ValueError(f"ParameterSpace: low has {d} entries but high has {hi.shape[0]}")
+        if isinstance(names, str | bytes):  # tuple("xyz") would silently be three names
+            raise refuse(
+                "names", "a sequence of strings, one per dimension", names, "ParameterSpace"
+            )
         names_t = tuple(f"theta{i}" for i in range(d)) if names is None else tuple(names)
         if len(names_t) != d:
             raise ValueError(f"ParameterSpace: {d} dimensions but {len(names_t)} names")
@@ -72,8 +79,10 @@ class ParameterSpace:
                 raise ValueError(f"ParameterSpace: {d} dimensions but {len(log_t)} log flags")
         seen: dict[str, int] = {}
         for i, name in enumerate(names_t):
-            if not isinstance(name, str):
-                raise ValueError(f"ParameterSpace: dimension {i}: name {name!r} is not a string")
+            if not isinstance(name, str) or not name:
+                raise ValueError(
+                    f"ParameterSpace: dimension {i}: name must be a non-empty string, got {name!r}"
+                )
             where = f"ParameterSpace: dimension {i} ({name!r})"
             if name in seen:
                 raise ValueError(f"{where}: duplicate name (also dimension {seen[name]})")
@@ -84,6 +93,13 @@ class ParameterSpace:
                 raise ValueError(f"{where}: bounds must be finite, got [{lo[i]}, {hi[i]}]")
             if not lo[i] < hi[i]:
                 raise ValueError(f"{where}: low ({lo[i]}) must be < high ({hi[i]})")
+            with np.errstate(over="ignore"):
+                span = hi[i] - lo[i]
+            if not np.isfinite(span):
+                raise ValueError(
+                    f"{where}: the span high - low overflows a float64 ([{lo[i]}, {hi[i]}]); "
+                    "rescale the parameter"
+                )
             if log_t[i] and lo[i] <= 0:
                 raise ValueError(f"{where}: log dimension needs low > 0, got low ({lo[i]})")
         self._low = _frozen(lo, np.float64)
@@ -186,19 +202,19 @@ class Sampler:
     ``state_dict``/``load_state_dict`` with whatever fixes their future draws.
 
     Args:
-        seed: Non-negative int for reproducible draws, or None for fresh OS entropy. When None,
-            a concrete seed is still picked (and saved by ``state_dict``) so that checkpoints
-            resume exactly; ``seed`` itself stays as given.
+        seed: Non-negative int for reproducible draws, or None: then derived from Lightning's
+            global seed when one is set (``seed_everything(s)`` before the sampler is made, as
+            ``LightningCLI``'s ``seed_everything:`` does; the same ``s`` draws the same
+            parameters), else fresh OS entropy. Either way a concrete seed is picked (and saved
+            by ``state_dict``) so that checkpoints resume exactly; ``seed`` itself stays as
+            given.
     """
 
     def __init__(self, seed: int | None = None) -> None:
-        if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-                raise ValueError(
-                    f"{type(self).__name__}: seed must be a non-negative int or None, got {seed!r}"
-                )
-            seed = int(seed)
+        seed = check_optional_int(seed, "seed", 0, type(self).__name__)
         self.seed: int | None = seed
+        if seed is None:
+            seed = derived_seed("sampler", type(self).__name__)
         self._effective_seed: int = (
             seed if seed is not None else int(np.random.SeedSequence().entropy)
         )
@@ -229,6 +245,21 @@ class Sampler:
         """
         return None
 
+    def config(self) -> dict[str, Any]:
+        """What was chosen at construction, as plain values: the constructor's arguments read
+        back from the attributes of the same name (``seed`` as given, not the seed picked for
+        ``None``; a sampler argument as its own kind and config, without its seed, which is
+        usually derived from this one's). A resumed study compares it with the checkpoint's
+        (``OnlineDataModule(resume=...)``); a subclass whose arguments are not kept under their
+        own names overrides it."""
+        out: dict[str, Any] = {}
+        for name, p in inspect.signature(type(self).__init__).parameters.items():
+            if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if hasattr(self, name):
+                out[name] = _plain(getattr(self, name))
+        return out
+
     def state_dict(self) -> dict[str, Any]:
         """Everything that fixes future draws, as plain Python objects (pickle/torch.save safe)."""
         return {
@@ -248,6 +279,24 @@ class Sampler:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(seed={self.seed!r})"
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain Python data for a configuration (numbers, strings, lists, dicts)."""
+    if isinstance(value, Sampler):
+        config = {k: v for k, v in value.config().items() if k != "seed"}
+        return {"kind": type(value).__name__, **config}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
 
 
 class _GeneratorSampler(Sampler):

@@ -38,3 +38,21 @@ class Hostile:
                     raise RuntimeError("x" * (64 << 20))
             x = np.array([theta[0], k / self.n_steps], dtype=np.float32)
             yield x, np.array([np.sin(3 * theta[0])], dtype=np.float32)
+
+
+class SlowStart:
+    """Healthy, but loading it takes 1.5 s (heavy imports): its sandbox's start-up is no part of
+    a run's compute, so a run_timeout below it fails no run."""
+
+    def __init__(self) -> None:
+        self.n_steps = 3
+
+    def __setstate__(self, state: dict) -> None:
+        time.sleep(1.5)
+        self.__dict__.update(state)
+
+    def __call__(self, theta: np.ndarray):
+        if theta[0] < 0.3:  # a crash: the next run of this worker starts a new sandbox
+            os.kill(os.getpid(), 9)
+        for k in range(self.n_steps):
+            yield np.array([theta[0], k], dtype=np.float32), np.ones(1, np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 import uuid
@@ -43,6 +44,19 @@ def solver_processes(marker: str | None = None) -> list[psutil.Process]:
 
 
 MARKER = "LIGHTNING_ONLINE_TEST_MARKER"
+
+
+@pytest.fixture(autouse=True)
+def _global_seed_stays_in_its_test():
+    """``seed_everything`` (a recipe run through the CLI, a test) sets ``PL_GLOBAL_SEED`` in this
+    process, and samplers and buffers left at ``seed=None`` follow it: no test leaves it to the
+    next."""
+    before = os.environ.get("PL_GLOBAL_SEED")
+    yield
+    if before is None:
+        os.environ.pop("PL_GLOBAL_SEED", None)
+    else:
+        os.environ["PL_GLOBAL_SEED"] = before
 
 
 @pytest.fixture

@@ -219,12 +219,17 @@ def test_bad_arguments(kwargs, name):
 
 def test_bad_argument_message_and_defaults():
     with pytest.raises(
-        ValueError, match=r"watermark \(600\) must be an integer between 1 and capacity \(500\)"
+        ValueError,
+        match=r"Reservoir: watermark must be an integer between 1 and capacity \(500\), got 600",
     ):
         Reservoir(500, watermark=600)
-    with pytest.raises(ValueError, match=r"n \(0\)"):
+    with pytest.raises(
+        ValueError, match=r"n must be an integer between 1 and capacity \(4\), got 0"
+    ):
         FIFO(4).get(0)
-    with pytest.raises(ValueError, match=r"n \(5\)"):
+    with pytest.raises(
+        ValueError, match=r"n must be an integer between 1 and capacity \(4\), got 5"
+    ):
         FIFO(4).ready(5)
     assert FIFO(500).watermark == 125 and FIFO(3).watermark == 1 and FIFO(np.int64(8)).capacity == 8
 
