@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import tempfile
 import time
@@ -180,6 +181,7 @@ def run(
         "steps": trainer.global_step,
         "completed": dm.stats["completed"],
         "budget": budget,
+        "seed": seed,
         "seconds": time.perf_counter() - t0,
         "curve": curve,
         "val_loss": loss.tolist(),
@@ -218,7 +220,8 @@ def summarise(
     rows, summary = [], {}
     for problem, by_method in results.items():
         uni = by_method.get("uniform")
-        if not uni:
+        if not uni:  # e.g. ablations run alone: keep the runs for --merge
+            summary[problem] = {m: {"runs": runs} for m, runs in by_method.items()}
             continue
         base = {s: np.array([r[s] for r in uni]) for s in STATS}
         for method, runs in by_method.items():
@@ -318,6 +321,14 @@ def main() -> None:
     )
     p.add_argument("--curve-methods", nargs="+", default=["uniform", "halton", "error_model"])
     p.add_argument("--quick", action="store_true", help="smoke test: tiny settings")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="no new studies: the table of these earlier outputs together (e.g. ablations "
+        "run on their own against the uniform runs of the main output), on --seeds",
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--name", default=None, help="output file name (default sample_efficiency)")
     a = p.parse_args()
@@ -332,6 +343,14 @@ def main() -> None:
         a.seeds = a.seeds[:1]
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     curves: dict[str, dict[str, dict[int, list[dict[str, Any]]]]] = {}
+    if a.merge:
+        plan = []
+        for path in a.merge:
+            for problem, by_method in json.loads(path.read_text()).items():
+                for method, entry in by_method.items():
+                    runs = [{**r, "seed": r.get("seed", i)} for i, r in enumerate(entry["runs"])]
+                    keep = [r for r in runs if r["seed"] in a.seeds]
+                    results.setdefault(problem, {}).setdefault(method, []).extend(keep)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in a.seeds:  # seeds outermost: a partial run still compares every method
             for problem, method, fraction in plan:
