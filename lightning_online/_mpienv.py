@@ -38,10 +38,16 @@ def launched_by_mpi() -> bool:
 
 
 def _prefixes() -> list[Path]:
-    # Where mpi4py looks first for libmpi (its _mpiabi search): the virtual environment, the
-    # user base, the interpreter's own prefix.
-    out = []
-    for p in (sys.exec_prefix, sys.prefix, sys.base_exec_prefix):
+    # Where mpi4py looks first for libmpi (its _mpiabi search), in its order: the virtual
+    # environment, the user base (``pip install --user``), the interpreter's own prefix.
+    import site
+
+    found = [sys.exec_prefix, sys.prefix]
+    if site.ENABLE_USER_SITE and site.USER_BASE:
+        found.append(site.USER_BASE)
+    found.append(sys.base_exec_prefix)
+    out: list[Path] = []
+    for p in found:
         path = Path(p)
         if path not in out:
             out.append(path)
