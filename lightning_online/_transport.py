@@ -277,10 +277,10 @@ class WorkerPool(ReceiverPool):
                 buf = scratch[:count]
                 comm.Recv([buf, MPI.BYTE], source=source, tag=tag)
                 if tag == TAG_END:
-                    sim_id = running.pop(source, None)
-                    if sim_id is None:  # no run of this worker: nothing to end
+                    if source not in running:  # no run of this worker: nothing to end
                         log.warning("solver worker %d reported the end of no run", source)
                         continue
+                    sim_id = running.pop(source)
                     idle_workers.append(source)
                     try:
                         got, ok, n_steps, seconds, reason = decode_end(buf)

@@ -103,14 +103,16 @@ def check_step(fields: tuple[np.ndarray, ...], step: int, first: list[tuple] | N
     return None
 
 
-def cap_text(text: str | bytes | np.ndarray, limit: int = MAX_REASON) -> str:
+def cap_text(
+    text: str | bytes | bytearray | memoryview | np.ndarray, limit: int = MAX_REASON
+) -> str:
     """``text`` (a str, or UTF-8 bytes of any length) cut to at most ``limit`` bytes of UTF-8:
     its first quarter and its end (a traceback ends with what matters), joined by a note of how
     much was cut. Only what is kept is copied or decoded. Any process."""
     if isinstance(text, str):
         if len(text) <= limit // 4:  # at most 4 bytes a character: short enough as it is
             return text
-        raw: bytes | np.ndarray = text.encode("utf-8", "replace")
+        raw: bytes | bytearray | memoryview | np.ndarray = text.encode("utf-8", "replace")
     else:
         raw = text
     n = len(raw)

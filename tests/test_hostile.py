@@ -7,6 +7,7 @@ and programs for the rest (docs/fault-tolerance.md, "what is guaranteed").
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import sys
@@ -42,10 +43,13 @@ PROGRAM = str(HERE / "programs" / "lo_ext_client.py")
 BAD_WORKER = HERE / "programs" / "lo_bad_worker.py"
 pytestmark = [pytest.mark.timeout(180)]
 
+# The short variant runs in CI (the same examples every time); a long local one:
+# LIGHTNING_ONLINE_FUZZ_EXAMPLES=20000 pytest tests/test_hostile.py -k decode
+EXAMPLES = int(os.environ.get("LIGHTNING_ONLINE_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
-    max_examples=300,
+    max_examples=EXAMPLES,
     deadline=None,
-    derandomize=True,  # the same examples on every run (CI); widen locally with --hypothesis-seed
+    derandomize=EXAMPLES <= 300,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
