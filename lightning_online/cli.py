@@ -134,7 +134,7 @@ class OnlineCLI(LightningCLI):
             super().parse_arguments(parser, rest if printing else args)
         subcommand = self.config.get("subcommand")
         cfg = self.config[subcommand] if subcommand else self.config
-        changes = follow_interpolations(_config_files(rest), cfg.as_dict())
+        changes = _follow_interpolations(_config_files(rest), cfg.as_dict())
         if changes or printing:
             extra = [f"--{key}={json.dumps(value)}" for key, value in changes.items()]
             self.config = parser.parse_args([*argv, *extra])
@@ -206,7 +206,7 @@ def _plain(node: Any) -> Any:
     return node if node is None or isinstance(node, str | int | float | bool) else str(node)
 
 
-def follow_interpolations(files: list[str], final: dict[str, Any]) -> dict[str, Any]:
+def _follow_interpolations(files: list[str], final: dict[str, Any]) -> dict[str, Any]:
     """New values for the places of ``final`` (a parsed config) that the config ``files`` fill
     by OmegaConf interpolation, re-resolved against ``final`` so that they follow command-line
     overrides; a place the command line set itself is kept. Returns ``{dotted key: value}``
