@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import mmap
 import os
+import select
 import signal
 import struct
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
@@ -99,33 +101,46 @@ def write_frame(out: BinaryIO, kind: bytes, payload: bytes | memoryview | np.nda
 _GROW = 1 << 20  # a frame's buffer grows with the bytes that arrive, this much at first
 
 
-def read_exact(inp: BinaryIO, n: int) -> bytearray | None:
+def read_exact(
+    inp: BinaryIO, n: int, idle: Callable[[float], None] | None = None
+) -> bytearray | None:
     """Read exactly n bytes, or None at end of file (the other side died or closed the pipe).
 
     The buffer grows (doubling) as bytes arrive rather than being allocated from ``n``: a frame
-    that announces gigabytes and then ends costs no more memory than what was really sent."""
+    that announces gigabytes and then ends costs no more memory than what was really sent.
+    With ``idle``, it is called (with the seconds since bytes last arrived) every 50 ms that
+    nothing arrives, and may raise to give up: a writer that stops mid-frame cannot hold the
+    reader forever."""
     buf = bytearray(min(n, _GROW))
     view = memoryview(buf)
     got = 0
+    since = time.monotonic()
     while got < n:
         if got == len(buf):
             view.release()
             buf.extend(bytes(min(len(buf), n - len(buf))))
             view = memoryview(buf)
+        if idle is not None:
+            while not select.select([inp], [], [], 0.05)[0]:
+                idle(time.monotonic() - since)
         k = inp.readinto(view[got:])  # type: ignore[attr-defined]
         if not k:
             return None
         got += k
+        since = time.monotonic()
     view.release()
     return buf
 
 
-def read_frame(inp: BinaryIO) -> tuple[bytes, bytearray] | None:
-    head = read_exact(inp, _LEN.size)
+def read_frame(
+    inp: BinaryIO, idle: Callable[[float], None] | None = None
+) -> tuple[bytes, bytearray] | None:
+    """One frame, or None at end of file; ``idle`` as for :func:`read_exact`."""
+    head = read_exact(inp, _LEN.size, idle)
     if head is None:
         return None
     length, kind = _LEN.unpack(head)
-    payload = read_exact(inp, length) if length else bytearray()
+    payload = read_exact(inp, length, idle) if length else bytearray()
     if payload is None:
         return None
     return bytes([kind]), payload

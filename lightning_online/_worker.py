@@ -48,6 +48,7 @@ TAG_SAMPLES = 100
 TAG_SAMPLES_MAX = TAG_SAMPLES + COALESCE_SAMPLES
 _WINDOW = 16  # synchronous sends in flight per worker
 STARTUP_SECONDS = 300.0  # a new sandbox must have loaded the solver by then
+MID_FRAME_SECONDS = 30.0  # a sandbox silent this long in the middle of a frame fails its run
 HEADER_BYTES = 32  # the smallest sample (``_wire``'s fixed header) the trainer takes
 _NOTHING = object()  # no frame read ahead
 
@@ -221,7 +222,7 @@ class Worker:
                 off, size, end = _ref(payload, ring)
                 limit, k, nxt = coalesce_limit(size), 1, _NOTHING
                 while k < limit and select.select([fd], [], [], 0)[0]:
-                    more = read_frame(box.inp)
+                    more = read_frame(box.inp, self._mid_frame)
                     if more is not None and more[0] == b"R":
                         o, n, e = _ref(more[1], ring)
                         if n == size and o == off + k * size:  # next to the previous one
@@ -236,7 +237,7 @@ class Worker:
                 batch, size = [payload], len(payload)
                 limit, nxt = coalesce_limit(size), _NOTHING
                 while len(batch) < limit and select.select([fd], [], [], 0)[0]:
-                    more = read_frame(box.inp)
+                    more = read_frame(box.inp, self._mid_frame)
                     if more is None or more[0] != b"S" or len(more[1]) != size:
                         nxt = more
                         break
@@ -246,6 +247,18 @@ class Worker:
                 self._send(np.frombuffer(data, dtype=np.uint8), k)
             sent += k
         return sent, nxt
+
+    def _mid_frame(self, waited: float) -> None:
+        """Called while a frame is half read and the sandbox says nothing (``read_exact``'s
+        ``idle``): solver code may write a frame header into its pipe and then hang, which must
+        fail the run (within ``run_timeout``, at most ``MID_FRAME_SECONDS``), not hold the
+        worker forever."""
+        self._check_trainer()
+        limit = MID_FRAME_SECONDS
+        if self.run_timeout is not None:
+            limit = min(limit, self.run_timeout)
+        if waited > limit:
+            raise _BadFrame(f"the solver process stopped for {limit:g} s in the middle of a frame")
 
     def _stop_requested(self) -> bool:
         return bool(self.comm.Iprobe(source=0, tag=TAG_STOP))
@@ -282,7 +295,10 @@ class Worker:
         deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
             if select.select([fd], [], [], 0.05)[0]:
-                frame = read_frame(box.inp)
+                try:
+                    frame = read_frame(box.inp, self._mid_frame)
+                except _BadFrame:
+                    return False
                 return frame is not None and frame[0] == b"K"
             self._check_trainer()
             if self._stop_requested():
@@ -355,7 +371,7 @@ class Worker:
                     return None
                 continue
             try:
-                frame: Any = read_frame(box.inp)
+                frame: Any = read_frame(box.inp, self._mid_frame)
                 if frame is not None and frame[0] in (b"R", b"S"):
                     sent, frame = self._forward(box, frame)
                     steps += sent

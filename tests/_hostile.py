@@ -34,6 +34,9 @@ class Hostile:
                 if self.kind == "unknown_kind":
                     os.write(pipe, FRAME.pack(2, ord("Z")) + b"hi")
                     time.sleep(60)
+                if self.kind == "half_frame":  # a frame begun, then silence
+                    os.write(pipe, FRAME.pack(100, ord("S")) + b"x" * 10)
+                    time.sleep(3600)
                 if self.kind == "huge_error":  # 64 MiB of exception message
                     raise RuntimeError("x" * (64 << 20))
             x = np.array([theta[0], k / self.n_steps], dtype=np.float32)

@@ -331,10 +331,11 @@ def fit_hostile(kind: str, **kw):
         ("outside_ring", "malformed frame: a sample reference outside the ring"),
         ("unknown_kind", "a frame of unknown kind"),
         ("huge_error", "RuntimeError: xxxx"),
+        ("half_frame", "stopped for 2 s in the middle of a frame"),  # never held the worker
     ],
 )
 def test_a_sandbox_that_corrupts_its_pipe_fails_its_run_not_the_study(kind, reason):
-    dm = fit_hostile(kind)
+    dm = fit_hostile(kind, run_timeout=2.0)
     assert dm.stats["completed"] == 4
     failed = [r for r in dm.runs.values() if r.status == "failed"]
     assert failed and dm.stats["failed"] == len(failed)
