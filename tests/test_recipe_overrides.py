@@ -99,8 +99,8 @@ def test_the_cli_shows_the_study_progress_bar_by_default():
     assert isinstance(cli.trainer.progress_bar_callback, StudyProgressBar)
     cli = OnlineCLI(args=[*base, "--trainer.callbacks+=TQDMProgressBar"], run=False)
     assert type(cli.trainer.progress_bar_callback) is TQDMProgressBar
+    cli = OnlineCLI(args=[*base, "--trainer.enable_progress_bar=false"], run=False)
+    assert cli.trainer.progress_bar_callback is None
     pytest.importorskip("rich")
     cli = OnlineCLI(args=[*base, "--trainer.callbacks+=RichStudyProgressBar"], run=False)
     assert isinstance(cli.trainer.progress_bar_callback, RichStudyProgressBar)
-    cli = OnlineCLI(args=[*base, "--trainer.enable_progress_bar=false"], run=False)
-    assert cli.trainer.progress_bar_callback is None
