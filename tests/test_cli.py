@@ -185,7 +185,9 @@ def heat2d_program(tmp_path_factory) -> Path:
 
 @pytest.mark.timeout(240)
 @pytest.mark.usefixtures("no_orphans")
-def test_heat2d_recipe_with_the_external_c_solver(heat2d_program, tmp_path, monkeypatch, capsys):
+def test_heat2d_recipe_with_the_external_c_solver(
+    heat2d_program, tmp_path, monkeypatch, summary_log
+):
     monkeypatch.chdir(heat2d_program)  # the recipe's command is build/heat2d
     short = '[build/heat2d, --nx, "16", --ny, "16", --n-steps, "5", --parts]'
     args = ["--config", str(RECIPES / "heat2d_c.yaml"), f"--data.solver.init_args.command={short}"]
@@ -195,7 +197,7 @@ def test_heat2d_recipe_with_the_external_c_solver(heat2d_program, tmp_path, monk
     assert type(dm.solver).__name__ == "ExternalSolver" and dm.solver.n_procs == 2
     assert dm.stats["completed"] == 4 and dm.stats["failed"] == 0
     assert dm.stats["samples_received"] == 20 and trainer.global_step > 0
-    assert "online study summary" in capsys.readouterr().out
+    assert "online study summary" in summary_log.text()
     # The C program's validation fields are the Python solver's, to float32 rounding.
     from lightning_online.solvers import Heat2D
 
