@@ -76,14 +76,14 @@ def test_gp_one_point_and_refusals() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"explore": 1.5}, "explore must be in"),
-        ({"explore": -0.1}, "explore must be finite"),
-        ({"beta": float("nan")}, "beta must be finite"),
-        ({"power": 0}, "power must be finite and >"),
-        ({"n_candidates": 8}, "n_candidates must be an int >= 16"),
-        ({"min_runs": 1}, "min_runs must be an int >= 2"),
+        ({"explore": 1.5}, r"ErrorModel: explore must be a finite number in \[0, 1\], got 1.5"),
+        ({"explore": -0.1}, r"explore must be a finite number in \[0, 1\], got -0.1"),
+        ({"beta": float("nan")}, "beta must be a finite number >= 0, got nan"),
+        ({"power": 0}, "power must be a finite number > 0, got 0"),
+        ({"n_candidates": 8}, "n_candidates must be an integer >= 16, got 8"),
+        ({"min_runs": 1}, "min_runs must be an integer >= 2, got 1"),
         ({"min_runs": 50, "max_points": 20}, r"max_points \(20\) must be >= min_runs \(50\)"),
-        ({"memory": True}, "memory must be an int"),
+        ({"memory": True}, "memory must be a positive integer, got True"),
         ({"non_breed": "halton"}, "non_breed must be a Sampler"),
     ],
 )

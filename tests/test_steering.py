@@ -103,18 +103,18 @@ def test_stats_refusals(kwargs: dict, match: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"sigma": 0.0}, r"sigma must be finite and > 0"),
-        ({"sigma": [0.1, -1]}, r"sigma\[1\] must be finite and > 0"),
+        ({"sigma": 0.0}, r"Breed: sigma must be a finite number > 0, got 0.0"),
+        ({"sigma": [0.1, -1]}, r"sigma\[1\] must be a finite number > 0, got -1"),
         ({"sigma": []}, r"sigma must not be an empty"),
-        ({"sigma": "big"}, r"sigma must be a real number"),
+        ({"sigma": "big"}, r"sigma must be a finite number > 0, got 'big'"),
         ({"start": 0.8, "end": 0.5}, r"0 <= start <= end <= 1"),
         ({"end": 1.5}, r"0 <= start <= end <= 1"),
-        ({"start": -0.1}, r"start must be finite and >= 0"),
-        ({"breakpoint": 0}, r"breakpoint must be an int >= 1"),
-        ({"breakpoint": 2.5}, r"breakpoint must be an int >= 1"),
+        ({"start": -0.1}, r"start must be a finite number >= 0, got -0.1"),
+        ({"breakpoint": 0}, r"breakpoint must be a positive integer, got 0"),
+        ({"breakpoint": 2.5}, r"breakpoint must be a positive integer, got 2.5"),
         ({"statistic": "grad"}, r"statistic must be 'loss_decrease' or 'loss'"),
-        ({"min_observed": 0}, r"min_observed must be an int >= 1"),
-        ({"max_retries": -1}, r"max_retries must be an int >= 0"),
+        ({"min_observed": 0}, r"min_observed must be a positive integer, got 0"),
+        ({"max_retries": -1}, r"max_retries must be a non-negative integer, got -1"),
         ({"non_breed": "uniform"}, r"non_breed must be a Sampler"),
         ({"seed": -3}, r"seed must be a non-negative int"),
     ],
@@ -274,7 +274,7 @@ def test_update_without_qualifying_parents_changes_nothing(space: ParameterSpace
     before = copy.deepcopy(a.state_dict())
     unqualified = [
         make_stats(space.from_unit(np.full((3, 3), 0.5)), n_observed=np.zeros(3, dtype=int)),
-        make_stats(space.from_unit(np.full((2, 3), 0.5)), loss_decrease=np.full(2, np.nan)),
+        make_stats(space.from_unit(np.full((2, 3), 0.5)), loss=np.full(2, np.nan)),
         make_stats(np.empty((0, 3))),
         None,
         "stats",
@@ -388,9 +388,9 @@ def test_breed_repr() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"k": -1.0}, r"k must be finite and >= 0"),
-        ({"c": np.inf}, r"c must be finite and >= 0"),
-        ({"n_candidates": 0}, r"n_candidates must be an int >= 1"),
+        ({"k": -1.0}, r"LossProportional: k must be a finite number >= 0, got -1.0"),
+        ({"c": np.inf}, r"LossProportional: c must be a finite number >= 0, got inf"),
+        ({"n_candidates": 0}, r"n_candidates must be a positive integer, got 0"),
         ({"non_breed": 3}, r"non_breed must be a Sampler"),
     ],
 )
