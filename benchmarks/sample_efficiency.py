@@ -272,17 +272,20 @@ def summarise(
 def plot(summary: dict[str, Any], out: Path, name: str) -> None:
     try:
         from matplotlib.figure import Figure
+        from matplotlib.ticker import NullFormatter
     except ImportError:
         return
-    fig = Figure(figsize=(4.2 * len(summary), 6.8))
-    grid = fig.subplots(2, len(summary), squeeze=False)
-    for ax, (problem, by_method) in zip(grid[1], summary.items(), strict=True):
+    curves = any("budget_curve" in s for by in summary.values() for s in by.values())
+    fig = Figure(figsize=(4.2 * len(summary), 6.8 if curves else 3.6))
+    grid = fig.subplots(2 if curves else 1, len(summary), squeeze=False)
+    for ax, (problem, by_method) in zip(grid[-1] if curves else [], summary.items(), strict=False):
         for method, s in by_method.items():
             if "budget_curve" in s:
                 b, e = zip(*s["budget_curve"]["mean"], strict=True)
                 ax.plot(b, e, marker="o", label=method)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("solver budget (runs), a whole study each")
         ax.set_ylabel("final held-out error, mean")
         ax.set_title(f"{problem}: sample efficiency")
@@ -298,11 +301,13 @@ def plot(summary: dict[str, Any], out: Path, name: str) -> None:
             ax.plot(x, y, marker=".", label=method)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("runs trained on (equal steps)")
         ax.set_ylabel("held-out per-run error, mean")
         ax.set_title(f"{problem}: during the study")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
     png = out / f"{name}.png"
     fig.savefig(png, dpi=110)
     print(f"wrote {png}")
@@ -331,9 +336,13 @@ def main() -> None:
         help="no new studies: the table of these earlier outputs together (e.g. ablations "
         "run on their own against the uniform runs of the main output), on --seeds",
     )
+    p.add_argument("--plot-only", type=Path, default=None, help="redraw the figure of an output")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--name", default=None, help="output file name (default sample_efficiency)")
     a = p.parse_args()
+    if a.plot_only:
+        plot(json.loads(a.plot_only.read_text()), a.out or OUT, a.name or a.plot_only.stem)
+        return
     plan = [(pr, m, 1.0) for pr in a.problems for m in a.methods]
     if a.ablations:
         plan += [("burgers1d_shock", m, 1.0) for m in ABLATIONS]
