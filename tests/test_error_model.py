@@ -106,7 +106,7 @@ def test_before_enough_runs_it_is_its_exploration_sequence() -> None:
 
 
 def test_runs_go_where_the_error_is_and_spread_apart() -> None:
-    s = ErrorModel(seed=0, non_breed=Uniform(seed=1))
+    s = ErrorModel(seed=0, explore=0.25, non_breed=Uniform(seed=1))
     s.draw(SPACE, 64)
     s.update(hard_corner_stats(SPACE, 64, 0))
     theta = np.vstack([s.draw(SPACE, 4) for _ in range(15)])  # small draws, as a study makes
@@ -169,7 +169,7 @@ def test_state_round_trip_and_determinism() -> None:
     d.update(hard_corner_stats(SPACE, 40, 3))
     d.draw(SPACE, 3)
     np.testing.assert_array_equal(c.draw(SPACE, 6), d.draw(SPACE, 6))
-    assert "ErrorModel(explore=0.25" in repr(a)
+    assert "ErrorModel(explore=0.5" in repr(a)
 
 
 @pytest.mark.timeout(240)
