@@ -174,33 +174,10 @@ def test_state_round_trip_and_determinism() -> None:
 
 @pytest.mark.timeout(240)
 def test_error_model_steers_a_real_study(no_orphans):
-    import lightning.pytorch as pl
-    from _models import Regressor
-    from _solvers import HardCorner
+    from _solvers import HardCorner, steer_hard_corner
 
-    from lightning_online import FIFO, ActiveSampling, OnlineDataModule
-
-    space = ParameterSpace([0, 0], [1, 1])
     sampler = ErrorModel(seed=0, min_runs=8, explore=0.2)
-    dm = OnlineDataModule(
-        HardCorner(),
-        space,
-        n_simulations=80,
-        batch_size=16,
-        n_workers=2,
-        sampler=sampler,
-        buffer=FIFO(48, watermark=16),
-    )
-    active = ActiveSampling(update_every_n_steps=4, window=12)
-    pl.Trainer(
-        callbacks=[active],
-        accelerator="cpu",
-        max_steps=10_000,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(Regressor(3, 1, hidden=32, lr=3e-3), dm)
+    dm, _ = steer_hard_corner(sampler, 80, update_every=4, window=12)
     assert sampler.generation >= 2
     launched = dm.launched_parameters
     assert len(launched) >= 80

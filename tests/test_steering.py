@@ -490,11 +490,9 @@ def _howto_code(section: str) -> str:
 
 @pytest.mark.timeout(240)
 def test_the_howto_samplers_run_in_a_study(no_orphans):
-    import lightning.pytorch as pl
-    from _models import Regressor
-    from _solvers import HardCorner
+    from _solvers import steer_hard_corner
 
-    from lightning_online import FIFO, ActiveSampling, OnlineDataModule, SteeredSampler
+    from lightning_online import SteeredSampler
 
     scope: dict = {}
     exec(_howto_code("Write your own sampler"), scope)
@@ -503,25 +501,7 @@ def test_the_howto_samplers_run_in_a_study(no_orphans):
     assert {tuple(c) for c in corners[:4]} == {(0, 0), (0, 1), (1, 0), (1, 1)}
     sampler = scope["AroundWorst"](sigma=0.05, seed=0)
     assert isinstance(sampler, SteeredSampler)
-    dm = OnlineDataModule(
-        HardCorner(),
-        space,
-        n_simulations=40,
-        batch_size=16,
-        n_workers=2,
-        sampler=sampler,
-        buffer=FIFO(48, watermark=16),
-    )
-    active = ActiveSampling(update_every_n_steps=4, window=8)
-    pl.Trainer(
-        callbacks=[active],
-        accelerator="cpu",
-        max_steps=10_000,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(Regressor(3, 1, hidden=32, lr=3e-3), dm)
+    dm, active = steer_hard_corner(sampler, 40, update_every=4, window=8)
     assert active.updates >= 2 and sampler.generation == active.updates
     # after the first updates, the runs launched cluster around one point (steered draws
     # queued before an update were dropped, the rest follow the new worst run)
