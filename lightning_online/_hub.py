@@ -228,11 +228,11 @@ class _Helper:
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or self.proc.poll() is not None:
-                code = self.proc.poll()
+                rc = self.proc.poll()
                 self.close()
                 raise RuntimeError(
                     "the launcher helper (lightning_online._launchd) "
-                    + (f"exited with code {code}" if code is not None else "did not start")
+                    + (f"exited with code {rc}" if rc is not None else "did not start")
                     + f" within {timeout:g} s"
                 )
             select.select([self.rfd], [], [], min(left, 0.1))
@@ -729,6 +729,7 @@ class _Hub:
                 self._fail(run, f"step {step}{where} has fields {list(fields)}, expected {names}")
                 return
             pieces.append(fields)
+        assert names is not None  # set by the first part
         try:
             sample = tuple(_join([p[n] for p in pieces], n) for n in names)
         except ValueError as exc:

@@ -165,7 +165,7 @@ def encode_step(step: int, fields: dict[str, np.ndarray]) -> list[bytes | memory
         desc[i]["ndim"] = a.ndim
         desc[i]["shape"][: a.ndim] = a.shape
         desc[i]["nbytes"] = a.nbytes
-        chunks.append(memoryview(a.reshape(-1).view(np.uint8)))
+        chunks.append(memoryview(a.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
         if pad8(a.nbytes) != a.nbytes:
             chunks.append(bytes(pad8(a.nbytes) - a.nbytes))
         total += pad8(a.nbytes)

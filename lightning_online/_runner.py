@@ -92,7 +92,8 @@ class Ring:
 
 
 def write_frame(out: BinaryIO, kind: bytes, payload: bytes | memoryview | np.ndarray) -> None:
-    data = memoryview(payload).cast("B") if not isinstance(payload, bytes) else payload
+    # numpy arrays are buffers (typed so for Python >= 3.12 only)
+    data = memoryview(payload).cast("B") if not isinstance(payload, bytes) else payload  # type: ignore[arg-type]
     out.write(_LEN.pack(len(data), kind[0]))
     out.write(data)
     out.flush()
@@ -262,7 +263,7 @@ def main() -> None:
     ring = Ring(int(sys.argv[3])) if len(sys.argv) > 3 else None
     with os.fdopen(read_fd, "rb", buffering=0) as inp, os.fdopen(write_fd, "wb") as out:
         try:
-            run(inp, out, ring)  # type: ignore[arg-type]
+            run(inp, out, ring)
         except BrokenPipeError:  # the worker went away: nothing left to report to
             pass
         finally:

@@ -304,7 +304,8 @@ def decode_end(buf: np.ndarray) -> tuple[int, bool, int, float, str]:
     capped (:data:`MAX_REASON`); ``ValueError`` for a report that is not one."""
     if buf.nbytes < _END.size:
         raise ValueError(f"run report of {buf.nbytes} bytes (at least {_END.size} expected)")
-    sim_id, ok, n_steps, seconds = _END.unpack_from(buf)
+    # numpy arrays are buffers (typed so for Python >= 3.12 only)
+    sim_id, ok, n_steps, seconds = _END.unpack_from(buf)  # type: ignore[arg-type]
     if ok not in (0, 1) or n_steps < 0 or not math.isfinite(seconds):
         raise ValueError(f"run report with {ok=}, {n_steps=}, {seconds=}")
     # Only what is kept is copied and decoded: a reason of gigabytes costs no more than a short one.

@@ -214,7 +214,9 @@ class OnlineDataModule(pl.LightningDataModule):
         self._final: dict[str, Any] | None = None
         self._final_missing = ""
 
-    def _check_val(self, val: int | np.ndarray | None) -> int | np.ndarray | None:
+    def _check_val(
+        self, val: int | list[list[float]] | np.ndarray | None
+    ) -> int | np.ndarray | None:
         if val is None:
             return None
         if isinstance(val, int | np.integer) and not isinstance(val, bool):
@@ -823,7 +825,8 @@ class _ValidationReport(Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.capture.detach()
-        if self._sums is None or self._counts is None or not len(self._sums):
+        thetas = self.dm._val_thetas
+        if self._sums is None or self._counts is None or not len(self._sums) or thetas is None:
             return
         # host-side statistics: summed on the package's gloo group, never on the Trainer's
         # (under NCCL its collectives need CUDA tensors)
@@ -832,7 +835,7 @@ class _ValidationReport(Callback):
         if not seen.any():
             return
         per_sim = np.where(seen, both[0] / np.maximum(both[1], 1), np.nan)
-        self.dm.val_report = {"theta": self.dm._val_thetas, "loss": per_sim}
+        self.dm.val_report = {"theta": thetas, "loss": per_sim}
         valid = per_sim[seen]
         if trainer.sanity_checking:
             return

@@ -26,7 +26,7 @@ _QMC_RNG_KW = "rng" if "rng" in inspect.signature(qmc.Halton).parameters else "s
 
 
 def _frozen(values: Any, dtype: type) -> np.ndarray:
-    arr = np.array(values, dtype=dtype)
+    arr: np.ndarray = np.array(values, dtype=dtype)
     arr.setflags(write=False)
     return arr
 
@@ -216,7 +216,8 @@ class Sampler:
         if seed is None:
             seed = derived_seed("sampler", type(self).__name__)
         self._effective_seed: int = (
-            seed if seed is not None else int(np.random.SeedSequence().entropy)
+            # a SeedSequence made without entropy draws an int from the OS
+            seed if seed is not None else int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
         )
 
     def draw(self, space: ParameterSpace, n: int) -> np.ndarray:
