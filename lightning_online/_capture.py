@@ -11,7 +11,7 @@ import copy
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -73,14 +73,14 @@ def elementwise(loss_fn: LossFn | None) -> LossFn:
         raise TypeError(f"the loss must be callable (pred, target) -> tensor, got {loss_fn!r}")
     if isinstance(loss_fn, nn.Module) and isinstance(getattr(loss_fn, "reduction", None), str):
         unreduced = copy.copy(loss_fn)
-        unreduced.reduction = "none"
+        setattr(unreduced, "reduction", "none")  # torch's losses keep it as a plain str  # noqa: B010
         return unreduced
     try:
         params = inspect.signature(loss_fn).parameters
     except (TypeError, ValueError):  # a builtin without a signature: take it as it is
         return loss_fn
     if "reduction" in params:
-        return functools.partial(loss_fn, reduction="none")
+        return functools.partial(cast(Callable[..., torch.Tensor], loss_fn), reduction="none")
     return loss_fn
 
 

@@ -112,7 +112,7 @@ class ActiveSampling(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        dm = trainer.datamodule
+        dm = getattr(trainer, "datamodule", None)
         if not isinstance(dm, OnlineDataModule):
             raise TypeError(
                 "ActiveSampling steers the runs of an OnlineDataModule; pass one to "
@@ -233,7 +233,7 @@ class ActiveSampling(Callback):
             self._plot(trainer, dm, stats)
 
     def _plot(self, trainer: pl.Trainer, dm: OnlineDataModule, stats: SimulationStats) -> None:
-        experiment = getattr(trainer.logger, "experiment", None)
+        experiment: Any = getattr(trainer.logger, "experiment", None)
         if not trainer.is_global_zero or not hasattr(experiment, "add_figure"):
             return
         try:  # an object-oriented figure: matplotlib's global backend is left alone

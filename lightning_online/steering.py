@@ -40,7 +40,7 @@ _SHRINK = 0.3
 
 def _read_only(values: Any, dtype: type, what: str) -> np.ndarray:
     try:
-        arr = np.array(values, dtype=dtype)
+        arr: np.ndarray = np.array(values, dtype=dtype)
     except (TypeError, ValueError) as err:
         raise ValueError(f"SimulationStats: {what} is not convertible to {dtype.__name__}") from err
     arr.setflags(write=False)
@@ -534,7 +534,7 @@ class LossProportional(_SteeredSampler):
             w = (lk / mean if mean > 0 else np.zeros_like(lk)) + self.c
             total = w.sum()
             p = w / total if total > 0 and np.isfinite(total) else np.full(n_cand, 1.0 / n_cand)
-            replace = n > n_cand or np.count_nonzero(p) < n
+            replace = bool(n > n_cand or np.count_nonzero(p) < n)
             picks = self._rng.choice(n_cand, size=n, replace=replace, p=p)
         else:
             picks = np.zeros(0, dtype=np.int64)
