@@ -113,6 +113,11 @@ class SimulationStats:
         return int(self.parameters.shape[0])
 
 
+def _saved_array(value: Any) -> np.ndarray | None:
+    """A float64 array restored from a ``state_dict`` list, or None when none was saved."""
+    return None if value is None else np.array(value, dtype=np.float64)
+
+
 def _derive_seed(seed: int, tag: int) -> int:
     """A non-negative int seed for a child sampler, distinct from (and independent of) ``seed``."""
     state = np.random.SeedSequence([seed, tag]).generate_state(1, dtype=np.uint64)
@@ -440,8 +445,8 @@ class Breed(_SteeredSampler):
             state["max_retries"],
         )
         parents, weights = state["parents"], state["weights"]
-        self._parents = None if parents is None else np.array(parents, dtype=np.float64)
-        self._weights = None if weights is None else np.array(weights, dtype=np.float64)
+        self._parents = _saved_array(parents)
+        self._weights = _saved_array(weights)
 
     def __repr__(self) -> str:
         return (
@@ -557,8 +562,8 @@ class LossProportional(_SteeredSampler):
         super().load_state_dict(state)
         self._configure(state["k"], state["c"], state["n_candidates"])
         points, losses = state["points"], state["losses"]
-        self._points = None if points is None else np.array(points, dtype=np.float64)
-        self._losses = None if losses is None else np.array(losses, dtype=np.float64)
+        self._points = _saved_array(points)
+        self._losses = _saved_array(losses)
 
     def __repr__(self) -> str:
         return (
@@ -795,13 +800,13 @@ class ErrorModel(_SteeredSampler):
             state["memory"],
         )
         points, values = state["points"], state["values"]
-        self._points = None if points is None else np.array(points, dtype=np.float64)
-        self._values = None if values is None else np.array(values, dtype=np.float64)
+        self._points = _saved_array(points)
+        self._values = _saved_array(values)
         drawn = np.array(state["drawn"], dtype=np.float64)
         self._drawn = drawn if drawn.ndim == 2 else np.zeros((0, 0))
         self._fitted_generation = int(state["fitted_generation"])
         theta = state["theta"]
-        self._theta = None if theta is None else np.array(theta, dtype=np.float64)
+        self._theta = _saved_array(theta)
         cand = np.array(state["candidates"], dtype=np.float64)
         self._cand = cand if cand.ndim == 2 else np.zeros((0, 0))
         self._log_e = np.array(state["log_e"], dtype=np.float64)
