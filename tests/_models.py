@@ -30,3 +30,15 @@ class Regressor(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def quiet_trainer(callbacks=(), *, max_steps: int = 10_000, **kw) -> pl.Trainer:
+    """A Trainer for tests: no logger, checkpoints, progress bar or model summary unless ``kw``
+    asks for them; ``max_steps`` only as a safety net (an online fit ends with its study)."""
+    quiet = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return pl.Trainer(callbacks=list(callbacks), max_steps=max_steps, **{**quiet, **kw})

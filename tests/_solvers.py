@@ -134,8 +134,7 @@ class FaultAt:
 def steer_hard_corner(sampler, n_simulations: int, update_every: int, window: int):
     """A real steered study on :class:`HardCorner` (2 workers, FIFO, a small MLP): returns the
     DataModule and the ActiveSampling callback after ``fit``."""
-    import lightning.pytorch as pl
-    from _models import Regressor
+    from _models import Regressor, quiet_trainer
 
     from lightning_online import FIFO, ActiveSampling, OnlineDataModule, ParameterSpace
 
@@ -149,13 +148,5 @@ def steer_hard_corner(sampler, n_simulations: int, update_every: int, window: in
         buffer=FIFO(48, watermark=16),
     )
     active = ActiveSampling(update_every_n_steps=update_every, window=window)
-    pl.Trainer(
-        callbacks=[active],
-        accelerator="cpu",
-        max_steps=10_000,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(Regressor(3, 1, hidden=32, lr=3e-3), dm)
+    quiet_trainer([active], accelerator="cpu").fit(Regressor(3, 1, hidden=32, lr=3e-3), dm)
     return dm, active

@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from _models import Regressor
+from _models import Regressor, quiet_trainer
 from _solvers import HardCorner, Smooth
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -34,16 +34,7 @@ def run_study(sampler, callbacks=(), n_simulations=80, **trainer_kw):
         sampler=sampler,
         buffer=FIFO(48, watermark=16),
     )
-    opts = dict(
-        accelerator="cpu",
-        max_steps=100_000,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    opts.update(trainer_kw)
-    tr = pl.Trainer(callbacks=list(callbacks), **opts)
+    tr = quiet_trainer(callbacks, **{"accelerator": "cpu", "max_steps": 100_000, **trainer_kw})
     model = Regressor(3, 1, hidden=32, lr=3e-3)
     tr.fit(model, dm)
     return dm, tr
@@ -285,23 +276,14 @@ def small_study(sampler=None, n_simulations=8):
     )
 
 
-def quiet_trainer(callbacks, **kw):
-    return pl.Trainer(
-        callbacks=callbacks,
-        accelerator="cpu",
-        max_steps=1000,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kw,
-    )
+def cpu_trainer(callbacks, **kw):
+    return quiet_trainer(callbacks, accelerator="cpu", max_steps=1000, **kw)
 
 
 def test_one_update_per_optimizer_step_with_gradient_accumulation():
     active = ActiveSampling(update_every_n_steps=2, window=4)
     rec = _Updates(active)
-    quiet_trainer([active, rec], accumulate_grad_batches=3).fit(Regressor(3, 1), small_study())
+    cpu_trainer([active, rec], accumulate_grad_batches=3).fit(Regressor(3, 1), small_study())
     steps = [s for s, _ in rec.seen]
     assert len(steps) > 3 * max(steps) - 3  # several batches per optimizer step
     # after each batch: exactly one update per even optimizer step reached so far
@@ -318,7 +300,7 @@ def test_bf16_mixed_losses_are_float32_and_match_the_module():
             if active.last_losses is not None:
                 seen.append((active.last_losses.dtype, float(active.last_losses.mean())))
 
-    quiet_trainer([active, Check()], precision="bf16-mixed").fit(Regressor(3, 1), small_study())
+    cpu_trainer([active, Check()], precision="bf16-mixed").fit(Regressor(3, 1), small_study())
     assert seen and all(dtype == torch.float32 for dtype, _ in seen)
     assert active.updates >= 1 and np.isfinite([m for _, m in seen]).all()
 
@@ -330,7 +312,7 @@ def test_bf16_mixed_losses_are_float32_and_match_the_module():
 )
 def test_the_loss_a_lightning_user_already_has_works(loss_fn):
     active = ActiveSampling(loss_fn=loss_fn, update_every_n_steps=2, window=4)
-    quiet_trainer([active]).fit(Regressor(3, 1), small_study())
+    cpu_trainer([active]).fit(Regressor(3, 1), small_study())
     assert active.updates >= 1 and active.last_losses.shape == (8,)
     assert getattr(loss_fn, "reduction", "none") in ("mean", "sum", "none")  # not changed
 
@@ -341,7 +323,7 @@ def test_a_loss_that_reduces_to_a_scalar_is_refused_with_what_to_pass():
 
     active = ActiveSampling(loss_fn=scalar, update_every_n_steps=2, window=4)
     with pytest.raises(TypeError, match=r"one value per sample.*per_sample_loss"):
-        quiet_trainer([active]).fit(Regressor(3, 1), small_study())
+        cpu_trainer([active]).fit(Regressor(3, 1), small_study())
 
 
 def test_a_compiled_module_steers_through_per_sample_loss():
@@ -349,5 +331,5 @@ def test_a_compiled_module_steers_through_per_sample_loss():
     active = ActiveSampling(update_every_n_steps=2, window=4)
     model = _PerSample(3, 1)
     model.compile(backend="eager")  # nn.Module.compile: torch.compile in place, no C compiler
-    quiet_trainer([active]).fit(model, small_study())
+    cpu_trainer([active]).fit(model, small_study())
     assert active.updates >= 1 and active.last_losses.shape == (8,)

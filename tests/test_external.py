@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import numpy as np
 import psutil
 import pytest
-from _models import Regressor
+from _models import Regressor, quiet_trainer
 from conftest import has_ipv6_loopback, solver_processes
 
 from lightning_online import (
@@ -308,15 +308,7 @@ def test_a_study_over_ipv6():
         n_workers=3,
         buffer=FIFO(30, watermark=5),
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=1000,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Address()],
-    )
+    trainer = quiet_trainer([Address()], accelerator="cpu", max_steps=1000)
     trainer.fit(Regressor(3, 4), dm)
     assert dm.stats["completed"] == 6 and dm.stats["failed"] == 0
     assert dm.stats["samples_received"] == 30

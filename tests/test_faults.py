@@ -7,10 +7,9 @@ runs is still met; no process is left behind.
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
-from _models import Regressor
+from _models import Regressor, quiet_trainer
 from _solvers import FaultAt
 
 from lightning_online import FIFO, OnlineDataModule, ParameterSpace, StudyError, Uniform
@@ -47,13 +46,7 @@ def fit(kind: str, **kw):
     )
     opts.update(kw)
     dm = OnlineDataModule(FaultAt(kind), ParameterSpace([0.0, 0.0], [1.0, 1.0]), **opts)
-    trainer = pl.Trainer(
-        max_steps=10_000,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer()
     trainer.fit(Regressor(2, 1), dm)
     return dm, trainer
 

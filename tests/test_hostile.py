@@ -14,11 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 from _hostile import Hostile
-from _models import Regressor
+from _models import Regressor, quiet_trainer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -311,13 +310,7 @@ def fit_hostile(kind: str, **kw):
     )
     opts.update(kw)
     dm = OnlineDataModule(Hostile(kind), ParameterSpace([0.0, 0.0], [1.0, 1.0]), **opts)
-    trainer = pl.Trainer(
-        max_steps=10_000,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer()
     trainer.fit(Regressor(2, 1), dm)
     return dm
 

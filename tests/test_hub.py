@@ -18,11 +18,10 @@ import time
 from collections import deque
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import psutil
 import pytest
-from _models import Regressor
+from _models import Regressor, quiet_trainer
 from conftest import MARKER, has_ipv6_loopback, solver_processes
 
 from lightning_online import (
@@ -458,14 +457,7 @@ def test_a_thousand_runs_through_a_trainer(gate_program, tmp_path):
             time.sleep(0.02)
 
     opener = threading.Thread(target=open_gate, daemon=True)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=10_000,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(accelerator="cpu")
     t0 = time.monotonic()
     opener.start()
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import numpy as np
 import pytest
-from _models import Regressor
+from _models import Regressor, quiet_trainer
 from _solvers import Smooth
 
 from lightning_online import (
@@ -36,13 +36,7 @@ def _study(seed: int | None) -> np.ndarray:
     if seed is not None:
         pl.seed_everything(seed)
     dm = OnlineDataModule(Smooth(n_steps=4), SPACE, n_simulations=6, batch_size=4, n_workers=2)
-    trainer = pl.Trainer(
-        max_steps=10_000,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer()
     trainer.fit(Regressor(3, 1), dm)
     assert dm.stats["completed"] == 6
     return dm.launched_parameters

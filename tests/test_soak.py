@@ -37,9 +37,8 @@ def test_a_sandbox_start_up_does_not_count_toward_run_timeout():
     """Found by the soak: a run that followed a crash (a new sandbox: Python, imports, the
     solver unpickled) timed out before its solver began when start-up took longer than
     run_timeout; the clock now starts once the sandbox has loaded the solver."""
-    import lightning.pytorch as pl
     from _hostile import SlowStart
-    from _models import Regressor
+    from _models import Regressor, quiet_trainer
 
     from lightning_online import FIFO, OnlineDataModule, ParameterSpace, Uniform
 
@@ -55,13 +54,7 @@ def test_a_sandbox_start_up_does_not_count_toward_run_timeout():
         max_retries=0,
         max_failed_fraction=0.9,
     )
-    trainer = pl.Trainer(
-        max_steps=10_000,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer()
     trainer.fit(Regressor(2, 1), dm)
     assert dm.stats["completed"] == 6
     failed = [r for r in dm.runs.values() if r.status == "failed"]
