@@ -152,7 +152,7 @@ def run(
     n_val = 3 if quick else N_VAL
     sobol = qmc.Sobol(dm.space.dim, scramble=True, seed=12345).random(n_val)
     dm.val_parameters = dm._check_val(dm.space.from_unit(sobol))
-    per_run = int(np.prod(dm.solver.n_steps)) if hasattr(dm.solver, "n_steps") else 1
+    per_run = int(getattr(dm.solver, "n_steps", 1))
     total_steps = budget * per_run // dm.batch_size
     cli.model.lr_decay_steps = total_steps
     dm.buffer = FIFO(capacity=4000, watermark=4 * dm.batch_size, seed=seed)
@@ -162,7 +162,6 @@ def run(
     if steered:
         trainer.callbacks.append(ActiveSampling(update_every_n_steps=UPDATE_EVERY, window=WINDOW))
     trainer.val_check_interval = max(1, total_steps // N_CURVE)
-    trainer.fit_loop.epoch_loop.val_check_interval = trainer.val_check_interval
     t0 = time.perf_counter()
     trainer.fit(cli.model, datamodule=dm)
     trainer.validate(cli.model, datamodule=dm, verbose=False)
@@ -275,20 +274,27 @@ def plot(summary: dict[str, Any], out: Path, name: str) -> None:
         from matplotlib.ticker import NullFormatter
     except ImportError:
         return
-    curves = any("budget_curve" in s for by in summary.values() for s in by.values())
-    fig = Figure(figsize=(4.2 * len(summary), 6.8 if curves else 3.6))
-    grid = fig.subplots(2 if curves else 1, len(summary), squeeze=False)
-    for ax, (problem, by_method) in zip(grid[-1] if curves else [], summary.items(), strict=False):
+
+    def log_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+
+    budgets = any("budget_curve" in s for by in summary.values() for s in by.values())
+    fig = Figure(figsize=(4.2 * len(summary), 6.8 if budgets else 3.6))
+    grid = fig.subplots(2 if budgets else 1, len(summary), squeeze=False)
+    for ax, (problem, by_method) in zip(grid[-1] if budgets else [], summary.items(), strict=False):
         for method, s in by_method.items():
             if "budget_curve" in s:
                 b, e = zip(*s["budget_curve"]["mean"], strict=True)
                 ax.plot(b, e, marker="o", label=method)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("solver budget (runs), a whole study each")
-        ax.set_ylabel("final held-out error, mean")
-        ax.set_title(f"{problem}: sample efficiency")
+        log_axes(
+            ax,
+            "solver budget (runs), a whole study each",
+            "final held-out error, mean",
+            f"{problem}: sample efficiency",
+        )
         if ax.lines:
             ax.legend(fontsize=7)
     axes = grid[0]
@@ -299,12 +305,12 @@ def plot(summary: dict[str, Any], out: Path, name: str) -> None:
             x = np.array([p["runs_trained"] for p in curves[0][:n]])
             y = np.mean([[p["mean"] for p in c[:n]] for c in curves], axis=0)
             ax.plot(x, y, marker=".", label=method)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("runs trained on (equal steps)")
-        ax.set_ylabel("held-out per-run error, mean")
-        ax.set_title(f"{problem}: during the study")
+        log_axes(
+            ax,
+            "runs trained on (equal steps)",
+            "held-out per-run error, mean",
+            f"{problem}: during the study",
+        )
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)

@@ -751,9 +751,10 @@ class ErrorModel(_SteeredSampler):
         rest = self.non_breed.draw(space, n_explore)
         self._remember(np.clip(space.to_unit(rest), 0.0, 1.0))
         picked = np.empty((n - n_explore, space.dim))
+        weighted_error = self.power * self._log_e  # fixed for the generation; dist changes
         with np.errstate(divide="ignore"):
             for i in range(n - n_explore):
-                score = self.power * self._log_e + self._d_eff * np.log(self._dist)
+                score = weighted_error + self._d_eff * np.log(self._dist)
                 j = int(np.argmax(score))
                 picked[i] = self._cand[j]
                 self._remember(self._cand[j : j + 1])
