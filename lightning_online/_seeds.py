@@ -12,7 +12,13 @@ import zlib
 
 import numpy as np
 
-__all__ = ["derived_seed", "global_seed"]
+__all__ = ["derived_seed", "global_seed", "seed_of"]
+
+
+def seed_of(words: list[int]) -> int:
+    """A non-negative int seed drawn from ``words`` by numpy's ``SeedSequence``: distinct words
+    give independent seeds (a child sampler's seed from its parent's and a tag, for one)."""
+    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 def global_seed() -> int | None:
@@ -33,4 +39,4 @@ def derived_seed(*keys: int | str) -> int | None:
     words = [base & 0xFFFFFFFF, base >> 32] + [
         zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys
     ]
-    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0]) >> 1
+    return seed_of(words)

@@ -27,6 +27,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from lightning_online._checks import check_int, check_real
+from lightning_online._seeds import seed_of
 from lightning_online.sampling import Halton, ParameterSpace, Sampler, Uniform, _GeneratorSampler
 
 __all__ = ["Breed", "ErrorModel", "LossProportional", "SimulationStats", "SteeredSampler"]
@@ -118,12 +119,6 @@ def _saved_array(value: Any) -> np.ndarray | None:
     return None if value is None else np.array(value, dtype=np.float64)
 
 
-def _derive_seed(seed: int, tag: int) -> int:
-    """A non-negative int seed for a child sampler, distinct from (and independent of) ``seed``."""
-    state = np.random.SeedSequence([seed, tag]).generate_state(1, dtype=np.uint64)
-    return int(state[0]) >> 1
-
-
 class SteeredSampler(Sampler):
     """Base class of samplers steered by the training loss: the contract that
     ``ActiveSampling`` and the study rely on (``Breed`` and ``LossProportional`` follow it; a
@@ -195,7 +190,7 @@ class _SteeredSampler(_GeneratorSampler, SteeredSampler):
     def __init__(self, seed: int | None, non_breed: Sampler | None) -> None:
         super().__init__(seed)
         if non_breed is None:
-            non_breed = Uniform(seed=_derive_seed(self._effective_seed, self._SEED_TAG))
+            non_breed = Uniform(seed=seed_of([self._effective_seed, self._SEED_TAG]))
         elif not isinstance(non_breed, Sampler):
             raise ValueError(
                 f"{type(self).__name__}: non_breed must be a Sampler, got {type(non_breed).__name__}"
@@ -637,7 +632,7 @@ class ErrorModel(_SteeredSampler):
         )
         super().__init__(seed, non_breed)
         if non_breed is None:
-            self.non_breed = Halton(seed=_derive_seed(self._effective_seed, self._SEED_TAG))
+            self.non_breed = Halton(seed=seed_of([self._effective_seed, self._SEED_TAG]))
         self.model: Any = None
         self._theta: np.ndarray | None = None  # the model's log hyperparameters (warm start)
         self._points: np.ndarray | None = None  # parameters of the fitted runs
