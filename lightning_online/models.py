@@ -26,6 +26,8 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lightning_online._checks import check_int
+
 __all__ = ["CNN1D", "FNO1D", "Autoregressive1D", "FieldMLP", "SpectralConv1d"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -73,12 +75,6 @@ class _Regression(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def _decay_steps(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"lr_decay_steps must be an int >= 0, got {value!r}")
-    return value
-
-
 class FieldMLP(_Regression):
     """Fully connected surrogate ``(parameters, t) -> field`` (Melissa's heat-pde network).
 
@@ -113,7 +109,7 @@ class FieldMLP(_Regression):
         layers.append(nn.Linear(sizes[-1], self.n_outputs))
         self.net = nn.Sequential(*layers)
         self.lr = float(lr)
-        self.lr_decay_steps = _decay_steps(lr_decay_steps)
+        self.lr_decay_steps = check_int(lr_decay_steps, "lr_decay_steps", 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -217,7 +213,7 @@ class FNO1D(Autoregressive1D):
         assert self.head.bias is not None  # Conv1d's default bias=True
         nn.init.zeros_(self.head.bias)
         self.lr = float(lr)
-        self.lr_decay_steps = _decay_steps(lr_decay_steps)
+        self.lr_decay_steps = check_int(lr_decay_steps, "lr_decay_steps", 0)
 
     def increment(self, x: torch.Tensor) -> torch.Tensor:
         b, _, n = x.shape
@@ -272,7 +268,7 @@ class CNN1D(Autoregressive1D):
         nn.init.zeros_(head.bias)
         self.net = nn.Sequential(*layers, head)
         self.lr = float(lr)
-        self.lr_decay_steps = _decay_steps(lr_decay_steps)
+        self.lr_decay_steps = check_int(lr_decay_steps, "lr_decay_steps", 0)
 
     def increment(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -318,6 +318,23 @@ def test_1d_models_start_as_identity_and_roll_out(cls):
     assert not torch.equal(model(x), x[:, :1])
 
 
+def test_lr_decay_steps_follow_a_cosine_to_a_hundredth():
+    model = FNO1D(width=8, modes=4, n_layers=2, lr=1e-3, lr_decay_steps=10)
+    conf = model.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3) and lrs[5] == pytest.approx(0.505e-3)
+    assert lrs[10] == pytest.approx(1e-5) and lrs[11] == pytest.approx(1e-5)
+    assert isinstance(FNO1D(lr_decay_steps=0).configure_optimizers(), torch.optim.Adam)
+    with pytest.raises(ValueError, match="lr_decay_steps must be a non-negative integer, got -1"):
+        CNN1D(lr_decay_steps=-1)
+
+
 def test_spectral_layer_is_translation_equivariant():
     spec = FNO1D(width=8, modes=8, n_layers=2).spectral[0]
     h = torch.randn(2, 8, 32)
