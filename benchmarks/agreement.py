@@ -39,8 +39,8 @@ def _rank(rank: int, size: int, port: int, syncs: int, out) -> None:  # type: ig
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=size)
     from lightning_online import FIFO, ParameterSpace, Uniform
-    from lightning_online._dist import Group
-    from lightning_online._study import Study
+    from lightning_online._study.ledger import Study
+    from lightning_online._util.dist import Group
 
     group = Group()
     study = Study(

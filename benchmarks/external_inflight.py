@@ -94,12 +94,12 @@ class Handler:
 
 def _pool(kind: str, solver, n_workers: int, handler: Handler):
     if kind == "after":
-        from lightning_online._hub import ExternalPool
+        from lightning_online.external._hub import ExternalPool
 
         return ExternalPool(solver, n_workers, handler)
     import cloudpickle
 
-    from lightning_online._transport import WorkerPool
+    from lightning_online._transport.pool import WorkerPool
 
     return WorkerPool(cloudpickle.dumps(solver), n_workers, handler)
 

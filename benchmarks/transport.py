@@ -97,7 +97,7 @@ class Sink:
 
     def on_samples(self, blobs) -> None:
         # What a study does with them: checked, then copied into preallocated slots.
-        from lightning_online._store import SlotStore
+        from lightning_online._transport.store import SlotStore
 
         if self.count == 0:
             self.t_first = time.perf_counter()
@@ -127,7 +127,7 @@ class Sink:
 
 
 def package(size: int, n: int) -> float:
-    from lightning_online._transport import WorkerPool
+    from lightning_online._transport.pool import WorkerPool
 
     sink = Sink(n)
     pool = WorkerPool(cloudpickle.dumps(Blocks(size, n + 1)), 1, sink)

@@ -7,7 +7,7 @@ blocks, which stops it receiving and so back-pressures the solver runs. No polic
 sample that was never served (``stats()["evicted"]`` stays 0).
 
 In a study the items are small integers, the indices of preallocated sample *slots*
-(``lightning_online._store``): a policy decides which slots to serve, never copies a sample.
+(``lightning_online._transport.store``): a policy decides which slots to serve, never copies a sample.
 Two hooks let the owner of the slots recycle them: ``get(n, gather=...)`` runs ``gather`` on the
 chosen items while the lock is held (a concurrent ``put`` cannot overwrite a slot being read),
 and ``on_release(items)`` (an attribute, ``None`` by default) is called with every item that
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from lightning_online._checks import check_int, check_optional_int
-from lightning_online._seeds import derived_seed
+from lightning_online._util.checks import check_int, check_optional_int
+from lightning_online._util.seeds import derived_seed
 
 __all__ = ["FIFO", "FIRO", "Buffer", "Reservoir"]
 

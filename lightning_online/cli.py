@@ -13,9 +13,9 @@ What differs from a plain ``LightningCLI``:
 * ``data`` is always an :class:`~lightning_online.OnlineDataModule`: its arguments sit directly
   under ``data:`` (``data.solver``, ``data.space``, ``data.n_simulations``, ...); ``model`` is
   any LightningModule, given by ``class_path``.
-* ``monitor`` configures the :class:`~lightning_online.monitor.StudyMonitor` callback, which is
+* ``monitor`` configures the :class:`~lightning_online.callbacks.monitor.StudyMonitor` callback, which is
   always on (the live view; e.g. ``--monitor.plot=false``). The progress bar is a
-  :class:`~lightning_online.monitor.StudyProgressBar` unless ``trainer.callbacks`` has one
+  :class:`~lightning_online.callbacks.monitor.StudyProgressBar` unless ``trainer.callbacks`` has one
   (e.g. ``--trainer.callbacks+=RichStudyProgressBar``) or ``trainer.enable_progress_bar`` is false.
 * Config files are read with OmegaConf (``parser_mode="omegaconf"``), so a recipe can refer to
   one value from several places (``${data.solver.init_args.nx}``). The interpolations follow
@@ -49,12 +49,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 # Imported so that their classes are known to the parser by their short names.
 from lightning_online import models as _models  # noqa: F401
 from lightning_online import solvers as _solvers  # noqa: F401
-from lightning_online.active_sampling import ActiveSampling  # noqa: F401
 from lightning_online.buffers import FIFO, FIRO, Reservoir  # noqa: F401
+from lightning_online.callbacks.active_sampling import ActiveSampling  # noqa: F401
+from lightning_online.callbacks.monitor import RichStudyProgressBar, StudyMonitor, StudyProgressBar  # noqa: F401
 from lightning_online.data import OnlineDataModule
-from lightning_online.monitor import RichStudyProgressBar, StudyMonitor, StudyProgressBar  # noqa: F401
-from lightning_online.sampling import Halton, LatinHypercube, ParameterSpace, Uniform  # noqa: F401
-from lightning_online.steering import Breed, ErrorModel, LossProportional  # noqa: F401
+from lightning_online.sampling.samplers import Halton, LatinHypercube, ParameterSpace, Uniform  # noqa: F401
+from lightning_online.sampling.steering import Breed, ErrorModel, LossProportional  # noqa: F401
 
 __all__ = ["OnlineCLI", "auto_num_threads", "main", "mpi_world_size"]
 

@@ -35,13 +35,10 @@ from types import TracebackType
 import numpy as np
 from numpy.typing import ArrayLike
 
-from lightning_online import _protocol as proto
+from lightning_online._wire import tcp as proto
+from lightning_online._wire.tcp import ENV_ADDRESS, ENV_PARAMETERS, ENV_TOKEN
 
 __all__ = ["Client", "build", "connect", "include_dir", "library_source", "parameters"]
-
-ENV_ADDRESS = "LIGHTNING_ONLINE_ADDRESS"
-ENV_TOKEN = "LIGHTNING_ONLINE_TOKEN"
-ENV_PARAMETERS = "LIGHTNING_ONLINE_PARAMETERS"
 
 _CSRC = Path(__file__).parent / "csrc"
 

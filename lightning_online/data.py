@@ -25,7 +25,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from lightning_online._capture import (
+from lightning_online._study.ledger import STATS_KEYS, Run, Study, StudyError
+from lightning_online._transport.pool import ReceiverPool, WorkerPool
+from lightning_online._util.capture import (
     LossFn,
     OutputCapture,
     default_pred,
@@ -33,19 +35,17 @@ from lightning_online._capture import (
     elementwise,
     per_sample_loss,
 )
-from lightning_online._checks import (
+from lightning_online._util.checks import (
     check_choice,
     check_int,
     check_optional_real,
     check_real,
 )
-from lightning_online._dist import Group
-from lightning_online._mpienv import check_mpi
-from lightning_online._study import STATS_KEYS, Run, Study, StudyError
-from lightning_online._transport import ReceiverPool, WorkerPool
+from lightning_online._util.dist import Group
+from lightning_online._util.mpienv import check_mpi
 from lightning_online.buffers import Buffer, Reservoir
-from lightning_online.external import ExternalSolver
-from lightning_online.sampling import Halton, ParameterSpace, Sampler, Uniform
+from lightning_online.external.solver import ExternalSolver
+from lightning_online.sampling.samplers import Halton, ParameterSpace, Sampler, Uniform
 
 log = logging.getLogger("lightning_online")
 
@@ -155,7 +155,7 @@ class OnlineDataModule(pl.LightningDataModule):
             ) from exc
         if not isinstance(space, ParameterSpace):
             raise TypeError(f"space must be a ParameterSpace, got {type(space).__name__}")
-        from lightning_online.external import ExternalSolver
+        from lightning_online.external.solver import ExternalSolver
 
         if not isinstance(solver, ExternalSolver):
             check_mpi()  # no MPI to start workers with: say how to get one now, not abort later
@@ -358,7 +358,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self._study.pin_memory = pin
         pool: type[ReceiverPool]
         if isinstance(self.solver, ExternalSolver):
-            from lightning_online._hub import ExternalPool
+            from lightning_online.external._hub import ExternalPool
 
             # The programs connect straight to this rank: no worker, no sandbox per run.
             pool, what = ExternalPool, self.solver
@@ -553,7 +553,7 @@ class OnlineDataModule(pl.LightningDataModule):
         (names, bounds, log flags), the budget, the sampler's kind and configuration, the
         buffer's kind and capacity and the solver (an external program's command and fields,
         a Python solver's kind and a digest of its pickled bytes)."""
-        from lightning_online.external import ExternalSolver
+        from lightning_online.external.solver import ExternalSolver
 
         solver: dict[str, Any] = {"kind": type(self.solver).__qualname__}
         if isinstance(self.solver, ExternalSolver):

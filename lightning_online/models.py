@@ -26,7 +26,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_online._checks import check_int
+from lightning_online._util.checks import check_int
 
 __all__ = ["CNN1D", "FNO1D", "Autoregressive1D", "FieldMLP", "SpectralConv1d"]
 

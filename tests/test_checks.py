@@ -1,4 +1,4 @@
-"""Validation at construction: one set of checks (``lightning_online._checks``), one message
+"""Validation at construction: one set of checks (``lightning_online._util.checks``), one message
 style, every bad argument refused when the object is made, not at every run."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from lightning_online import (
     Reservoir,
     Uniform,
 )
-from lightning_online._checks import (
+from lightning_online._util.checks import (
     check_choice,
     check_directory,
     check_environment,

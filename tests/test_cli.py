@@ -16,11 +16,11 @@ import torch
 import yaml
 from test_processes import assert_none_left, run_marked
 
-from lightning_online.active_sampling import ActiveSampling
+from lightning_online.callbacks.active_sampling import ActiveSampling
+from lightning_online.callbacks.monitor import StudyMonitor
 from lightning_online.cli import OnlineCLI, auto_num_threads, main, mpi_world_size
 from lightning_online.client import build, example_source
 from lightning_online.models import CNN1D, FNO1D, FieldMLP
-from lightning_online.monitor import StudyMonitor
 
 ROOT = Path(__file__).parent.parent
 RECIPES = ROOT / "recipes"

@@ -1,7 +1,7 @@
 """The C client (``csrc/lightning_online.c``) and the MPI example ``csrc/examples/heat2d.c``.
 
 Both are compiled with the mpich wheel's ``mpicc`` and run against a small TCP server in this
-process that decodes what arrives with ``lightning_online._protocol``: one connection, or one
+process that decodes what arrives with ``lightning_online._wire.tcp``: one connection, or one
 per part when the run has several senders.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import lightning_online
-from lightning_online import _protocol as proto
+from lightning_online._wire import tcp as proto
 from lightning_online.solvers.heat2d import Heat2D
 
 CSRC = Path(lightning_online.__file__).parent / "csrc"

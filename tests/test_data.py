@@ -27,7 +27,7 @@ from lightning_online import (
     StudyError,
     Uniform,
 )
-from lightning_online._wire import COALESCE_SAMPLES
+from lightning_online._wire.samples import COALESCE_SAMPLES
 from lightning_online.solvers import Heat2D, heat2d_space
 
 HERE = Path(__file__).parent
@@ -283,7 +283,7 @@ def test_ddp_one_rank_whose_solvers_all_fail_does_not_hang_the_other(tmp_path, v
     # both ranks stop together with the reason, during validation or during training
     expected = "validation runs failed on rank(s) [1]" if validation else "max_failed_fraction"
     for rank in (0, 1):
-        assert f"[rank{rank}]: lightning_online._study.StudyError: " in out.stderr
+        assert f"[rank{rank}]: lightning_online._study.ledger.StudyError: " in out.stderr
     assert expected in out.stderr
     assert "this node's solver installation is broken" in out.stderr
     assert not list(tmp_path.glob("result.*.json"))  # neither rank carried on as if all was well

@@ -65,7 +65,7 @@ def test_code_samples_of_the_guide_pages_run(page: str, tmp_path: Path) -> None:
 
 
 def test_sends_in_flight_per_worker_as_the_code_says() -> None:
-    from lightning_online._worker import _WINDOW
+    from lightning_online._transport.worker import _WINDOW
 
     for path in [ROOT / "README.md", DOCS / "concepts.md"]:
         said = re.findall(r"at most (\d+) messages in flight", path.read_text())

@@ -1,4 +1,4 @@
-"""Tests for the ErrorModel sampler and its Gaussian process (lightning_online._gp)."""
+"""Tests for the ErrorModel sampler and its Gaussian process (lightning_online.sampling._gp)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from scipy.optimize import approx_fprime
 from scipy.spatial.distance import pdist
 
-from lightning_online._gp import GaussianProcess
 from lightning_online.sampling import Halton, ParameterSpace, Uniform
-from lightning_online.steering import ErrorModel, SimulationStats
+from lightning_online.sampling._gp import GaussianProcess
+from lightning_online.sampling.steering import ErrorModel, SimulationStats
 
 SPACE = ParameterSpace(
     [1e-3, 0.0, -1.0], [1.0, 1.0, 1.0], names=["nu", "a", "b"], log=[True, False, False]

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lightning_online import FIFO, ExternalSolver, OnlineDataModule, ParameterSpace, Uniform
-from lightning_online import _protocol as proto
-from lightning_online._dist import Group
-from lightning_online._study import MAX_FAILURES, Study
-from lightning_online._transport import WorkerPool
-from lightning_online._wire import (
+from lightning_online._study.ledger import MAX_FAILURES, Study
+from lightning_online._transport.pool import WorkerPool
+from lightning_online._util.dist import Group
+from lightning_online._wire import tcp as proto
+from lightning_online._wire.samples import (
     DTYPES,
     MAX_REASON,
     cap_text,

@@ -31,11 +31,11 @@ from lightning_online import (
     OnlineDataModule,
     ParameterSpace,
 )
-from lightning_online import _protocol as proto
-from lightning_online._hub import HELLO_SECONDS, ExternalPool
-from lightning_online._launchd import TAIL_BYTES
-from lightning_online._wire import decode_sample
+from lightning_online._wire import tcp as proto
+from lightning_online._wire.samples import decode_sample
 from lightning_online.client import build, split_address
+from lightning_online.external._hub import HELLO_SECONDS, ExternalPool
+from lightning_online.external._launchd import TAIL_BYTES
 
 HERE = Path(__file__).parent
 PROGRAM = str(HERE / "programs" / "lo_ext_client.py")

@@ -110,7 +110,7 @@ def test_no_mpi_at_all_is_refused_at_construction(tmp_path: Path) -> None:
         sys.path.insert(0, {str(TESTS)!r})
         from _solvers import Smooth
         from lightning_online import OnlineDataModule, ParameterSpace
-        from lightning_online._mpienv import MPIUnavailableError
+        from lightning_online._util.mpienv import MPIUnavailableError
         try:
             OnlineDataModule(Smooth(), ParameterSpace([0], [1]), n_simulations=2)
         except MPIUnavailableError as exc:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_online
 from lightning_online import FIFO, OnlineDataModule, ParameterSpace, Reservoir
-from lightning_online.monitor import RichStudyProgressBar, StudyMonitor, StudyProgressBar
+from lightning_online.callbacks.monitor import RichStudyProgressBar, StudyMonitor, StudyProgressBar
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("no_orphans")]
 

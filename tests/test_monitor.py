@@ -14,7 +14,7 @@ from _models import Regressor
 from _solvers import Faulty
 
 from lightning_online import FIFO, Halton, OnlineDataModule, ParameterSpace
-from lightning_online.monitor import (
+from lightning_online.callbacks.monitor import (
     StudyMonitor,
     StudyProgressBar,
     format_summary,
@@ -132,7 +132,7 @@ def test_progress_bars_are_lightning_progress_bars():
     # real fit with each of them: test_lightning.py::test_loggers_hyperparameters_checkpoints_and_the_progress_bar
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
-    from lightning_online.monitor import RichStudyProgressBar
+    from lightning_online.callbacks.monitor import RichStudyProgressBar
 
     assert issubclass(StudyProgressBar, TQDMProgressBar)
     assert issubclass(RichStudyProgressBar, RichProgressBar)

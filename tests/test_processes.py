@@ -102,7 +102,10 @@ def test_workers_inherit_the_marker_so_the_checks_below_can_fail(tmp_path):
     try:
         assert proc.stdout.readline().strip() == "READY"
         names = " ".join(" ".join(p.cmdline()) for p in marked_processes(marker))
-        assert "lightning_online._worker" in names and "lightning_online._runner" in names
+        assert (
+            "lightning_online._transport.worker" in names
+            and "lightning_online._transport.runner" in names
+        )
     finally:
         proc.kill()
         proc.wait(30)

@@ -92,7 +92,7 @@ def test_quick_try_with_a_small_budget_and_another_grid(tmp_path, summary_log):
 def test_the_cli_shows_the_study_progress_bar_by_default():
     from lightning.pytorch.callbacks import TQDMProgressBar
 
-    from lightning_online.monitor import RichStudyProgressBar, StudyProgressBar
+    from lightning_online.callbacks.monitor import RichStudyProgressBar, StudyProgressBar
 
     base = ["--config", str(RECIPES / "heat2d.yaml"), "--data.n_simulations=4"]
     cli = OnlineCLI(args=base, run=False)

@@ -21,9 +21,9 @@ from lightning_online import (
     Reservoir,
     Uniform,
 )
-from lightning_online._dist import Group
-from lightning_online._study import Study
-from lightning_online._wire import encode_sample
+from lightning_online._study.ledger import Study
+from lightning_online._util.dist import Group
+from lightning_online._wire.samples import encode_sample
 
 pytestmark = [pytest.mark.timeout(180)]
 

@@ -1,4 +1,4 @@
-"""Tests for lightning_online.steering: loss-driven samplers (Breed, RAD) and SimulationStats."""
+"""Tests for lightning_online.sampling.steering: loss-driven samplers (Breed, RAD) and SimulationStats."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lightning_online.sampling import Halton, LatinHypercube, ParameterSpace, Sampler, Uniform
-from lightning_online.steering import Breed, LossProportional, SimulationStats
+from lightning_online.sampling.steering import Breed, LossProportional, SimulationStats
 
 UNIT2 = ParameterSpace([0.0, 0.0], [1.0, 1.0])
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_online._store import SlotStore
-from lightning_online._wire import (
+from lightning_online._transport.store import SlotStore
+from lightning_online._wire.samples import (
     COALESCE_SAMPLES,
     all_finite,
     check_step,
@@ -189,8 +189,8 @@ def test_a_sample_that_cannot_be_decoded_fails_its_run_not_the_study():
     """A malformed first message (bad header, extents that overflow or run past its end) is
     refused with the reason and its run fails; the receiver thread goes on."""
     from lightning_online import FIFO, ParameterSpace, Uniform
-    from lightning_online._dist import Group
-    from lightning_online._study import Study
+    from lightning_online._study.ledger import Study
+    from lightning_online._util.dist import Group
 
     study = Study(
         space=ParameterSpace([0], [1]),

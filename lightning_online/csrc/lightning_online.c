@@ -1,6 +1,6 @@
 /*
  * lightning_online.c - C client of lightning_online (see lightning_online.h).
- * C99 + POSIX sockets; no MPI. The protocol is defined in lightning_online/_protocol.py.
+ * C99 + POSIX sockets; no MPI. The protocol is defined in lightning_online/_wire/tcp.py.
  */
 #if !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE)
 #define _POSIX_C_SOURCE 200809L /* getaddrinfo, strnlen, ... under -std=c99 */

@@ -39,7 +39,7 @@
  *   mpicc -O2 -I$(python -m lightning_online.client --include) my_solver.c \
  *       $(python -m lightning_online.client --source) -o my_solver -lm
  *
- * Wire protocol (the reference is lightning_online/_protocol.py): one TCP connection per part,
+ * Wire protocol (the reference is lightning_online/_wire/tcp.py): one TCP connection per part,
  * messages from the program only, no replies, everything little-endian. Each message is a
  * 32-byte header
  *   uint32 magic 0x314E4F4C, uint16 version 2, uint16 kind (1 HELLO, 2 STEP, 3 CLOSE, 4 ERROR),
@@ -63,7 +63,7 @@
 extern "C" {
 #endif
 
-/* dtype codes: the index in lightning_online._wire.DTYPES (native little-endian data). */
+/* dtype codes: the index in lightning_online._wire.samples.DTYPES (native little-endian data). */
 #define LO_FLOAT32 0
 #define LO_FLOAT64 1
 #define LO_FLOAT16 2

@@ -3,8 +3,8 @@ their output, reaps them and ends their process groups.
 
 Where this runs: one plain (non-MPI, single-threaded) Python process per ``ExternalPool`` (and
 per direct ``ExternalSolver(...)(theta)`` call), started by the receiver thread with
-``python -S -c "...from lightning_online._launchd import main; main()" PARENT_PID`` (the same as
-``python -m lightning_online._launchd PARENT_PID``, with this package's directory first on the
+``python -S -c "...from lightning_online.external._launchd import main; main()" PARENT_PID`` (the same as
+``python -m lightning_online.external._launchd PARENT_PID``, with this package's directory first on the
 path) and no ``preexec_fn``, so that CPython starts it with vfork/posix_spawn: forking a threaded
 MPI process is unsafe, forking this small single-threaded one is not. It imports the standard
 library only.

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from lightning_online._wire import (
+from lightning_online._wire.samples import (
     MAGIC_BARE,
     coalesce_limit,
     decode_sample,

@@ -28,8 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from lightning_online import _protocol as proto
-from lightning_online._checks import (
+from lightning_online._util.checks import (
     check_choice,
     check_directory,
     check_environment,
@@ -40,13 +39,12 @@ from lightning_online._checks import (
     check_template,
     refuse,
 )
-from lightning_online.launchers import Launcher, resolve_launcher
+from lightning_online._wire import tcp as proto
+from lightning_online.errors import ExternalRunError
+from lightning_online.external._hub import run_once
+from lightning_online.external.launchers import Launcher, resolve_launcher
 
 __all__ = ["ExternalRunError", "ExternalSolver"]
-
-
-class ExternalRunError(RuntimeError):
-    """One run of an external program failed; the message says how, with its last output."""
 
 
 class ExternalSolver:
@@ -64,7 +62,7 @@ class ExternalSolver:
 
     Where code runs: in a study, the receiving side of every run lives in the receiver thread
     of its training rank, and the programs are started by one launcher helper process per rank
-    (``python -m lightning_online._launchd``); a direct call runs the same machinery in the
+    (``python -m lightning_online.external._launchd``); a direct call runs the same machinery in the
     calling thread. Closing the generator ends the program's whole process group.
 
     Args:
@@ -73,7 +71,7 @@ class ExternalSolver:
             them (e.g. ``["x", "y"]``); ``None`` takes the names and order of the first step.
         n_procs: processes per run (``mpiexec -n``/``srun --ntasks``).
         launcher: ``"mpiexec"`` (default), ``"srun"``, ``"direct"``, or a
-            :class:`~lightning_online.launchers.Launcher` with options.
+            :class:`~lightning_online.external.launchers.Launcher` with options.
         n_steps: steps a complete run sends; a run that closes after fewer is a failure.
         env: extra environment variables for the program.
         cwd: working directory of the program.
@@ -193,6 +191,4 @@ class ExternalSolver:
         return self._run(theta)
 
     def _run(self, theta: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
-        from lightning_online._hub import run_once
-
         return run_once(self, theta)

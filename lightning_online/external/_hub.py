@@ -3,7 +3,7 @@
 Where code runs: everything here runs in one thread of the training process, the *receiver*
 thread of :class:`ExternalPool` (or, for a direct ``ExternalSolver(...)(theta)`` call, the thread
 that iterates the generator). The programs themselves are started, drained and ended by one
-helper process per pool, ``lightning_online._launchd``; there is no Python process per run.
+helper process per pool, ``lightning_online.external._launchd``; there is no Python process per run.
 
 One listening socket per pool. Every connection is a non-blocking socket multiplexed with
 ``selectors`` (epoll): a connection first sends HELLO with its run's token (a stray peer, a wrong
@@ -36,20 +36,42 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from lightning_online import _protocol as proto
-from lightning_online._launchd import GRACE, FrameReader, encode_frame
-from lightning_online._runner import mpi_free_environ, signal_name
-from lightning_online._transport import ReceiverPool, _live_pools
-from lightning_online._wire import cap_text, check_step, encode_sample
-from lightning_online.client import ENV_ADDRESS, ENV_PARAMETERS, ENV_TOKEN
+from lightning_online._transport.pool import ReceiverPool, _live_pools
+from lightning_online._transport.runner import mpi_free_environ, signal_name
+from lightning_online._wire import tcp as proto
+from lightning_online._wire.samples import cap_text, check_step, encode_sample
+from lightning_online._wire.tcp import ENV_ADDRESS, ENV_PARAMETERS, ENV_TOKEN
+from lightning_online.errors import ExternalRunError
+from lightning_online.external._launchd import GRACE, FrameReader, encode_frame
 
 if TYPE_CHECKING:
-    from lightning_online._transport import PoolHandler
-    from lightning_online.external import ExternalSolver
+    from lightning_online._transport.pool import PoolHandler
+    from lightning_online.external.launchers import Launcher
+
+
+class Program(Protocol):
+    """What the hub reads of a program's description: the attributes of
+    :class:`~lightning_online.ExternalSolver` (which sits above this module and is never
+    imported here)."""
+
+    fields: list[str] | None
+    n_procs: int
+    launcher: Launcher
+    n_steps: int | None
+    env: dict[str, str]
+    cwd: str | None
+    host: str | None
+    connect_timeout: float
+    exit_timeout: float
+    echo_output: bool
+    max_step_bytes: int
+
+    def argv(self, theta: np.ndarray) -> list[str]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +226,10 @@ class _Helper:
     def __init__(self, timeout: float) -> None:
         # This package, wherever it lies (a source checkout too), and not whatever a
         # ``lightning_online`` in the working directory would be (python -m would take that).
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         code = (
             f"import sys; sys.path.insert(0, {root!r}); "
-            "from lightning_online._launchd import main; main()"
+            "from lightning_online.external._launchd import main; main()"
         )
         # No preexec_fn: CPython then starts the helper with vfork/posix_spawn, the only safe
         # way to start a process from a threaded (MPI) process. -S: the standard library only.
@@ -231,7 +253,7 @@ class _Helper:
                 rc = self.proc.poll()
                 self.close()
                 raise RuntimeError(
-                    "the launcher helper (lightning_online._launchd) "
+                    "the launcher helper (lightning_online.external._launchd) "
                     + (f"exited with code {rc}" if rc is not None else "did not start")
                     + f" within {timeout:g} s"
                 )
@@ -302,7 +324,7 @@ class _Hub:
 
     def __init__(
         self,
-        solver: ExternalSolver,
+        solver: Program,
         *,
         deliver: Callable[[_Run, int, tuple[np.ndarray, ...]], str | None],
         finished: Callable[[_Run, bool, str], None],
@@ -920,7 +942,7 @@ class ExternalPool(ReceiverPool):
 
     def __init__(
         self,
-        solver: ExternalSolver,
+        solver: Program,
         n_workers: int,
         handler: PoolHandler,
         *,
@@ -1067,11 +1089,9 @@ class ExternalPool(ReceiverPool):
 # -- one run, for ExternalSolver.__call__ ---------------------------------------------------
 
 
-def run_once(solver: ExternalSolver, theta: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
+def run_once(solver: Program, theta: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
     """The steps of one run, as a generator, on the same machinery as a pool (in the thread
     that iterates it). Closing the generator ends the program's process group."""
-    from lightning_online.external import ExternalRunError
-
     steps: deque[tuple[np.ndarray, ...]] = deque()
     result: list[tuple[bool, str]] = []
 

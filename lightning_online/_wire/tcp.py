@@ -40,7 +40,7 @@ import struct
 
 import numpy as np
 
-from lightning_online._wire import DTYPES, MAX_DIMS, MAX_FIELDS
+from lightning_online._wire.samples import DTYPES, MAX_DIMS, MAX_FIELDS
 
 __all__ = [
     "CLOSE",
@@ -60,6 +60,10 @@ __all__ = [
     "pad8",
 ]
 
+#: The environment a launched program finds: where to connect, its token, its parameters.
+ENV_ADDRESS = "LIGHTNING_ONLINE_ADDRESS"
+ENV_TOKEN = "LIGHTNING_ONLINE_TOKEN"
+ENV_PARAMETERS = "LIGHTNING_ONLINE_PARAMETERS"
 MAGIC = 0x314E4F4C
 VERSION = 2
 MAX_PARTS = 65536

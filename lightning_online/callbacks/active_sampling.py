@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_online._capture import (
+from lightning_online._util.capture import (
     LossFn,
     OutputCapture,
     default_pred,
@@ -29,7 +29,7 @@ from lightning_online._capture import (
     per_sample_loss,
 )
 from lightning_online.data import OnlineDataModule
-from lightning_online.steering import SimulationStats, SteeredSampler
+from lightning_online.sampling.steering import SimulationStats, SteeredSampler
 
 __all__ = ["ActiveSampling"]
 

@@ -146,5 +146,5 @@ def resolve_launcher(launcher: str | Launcher) -> Launcher:
         return _NAMES[launcher.lower()]()
     raise ValueError(
         f"unknown launcher {launcher!r}; use one of {sorted(_NAMES)} or a Launcher instance "
-        "(lightning_online.launchers.Direct/Mpiexec/Srun)"
+        "(lightning_online.external.launchers.Direct/Mpiexec/Srun)"
     )

@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from lightning_online._wire import cap_text, check_step, encode_sample
+from lightning_online._wire.samples import cap_text, check_step, encode_sample
 
 _LEN = struct.Struct("<QB")
 REF = struct.Struct("<QQQ")  # an R frame: offset in the ring, bytes, ring position after it

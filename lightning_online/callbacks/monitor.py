@@ -46,7 +46,7 @@ from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressB
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_online.data import OnlineDataModule
-from lightning_online.sampling import ParameterSpace
+from lightning_online.sampling.samplers import ParameterSpace
 
 __all__ = [
     "RichStudyProgressBar",

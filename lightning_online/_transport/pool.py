@@ -22,9 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from lightning_online._mpienv import prepare_spawn
-from lightning_online._wire import cap_text, decode_end
-from lightning_online._worker import (
+from lightning_online._transport.worker import (
     HEADER_BYTES,
     TAG_BYE,
     TAG_END,
@@ -34,6 +32,8 @@ from lightning_online._worker import (
     TAG_STOP,
     TAG_TASK,
 )
+from lightning_online._util.mpienv import prepare_spawn
+from lightning_online._wire.samples import cap_text, decode_end
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,8 @@ class WorkerPool(ReceiverPool):
         from mpi4py import MPI
 
         # The worker must import this package even when it is not installed (a source checkout).
-        root = str(Path(__file__).resolve().parent.parent)
-        code = f"import sys; sys.path.insert(0, {root!r}); from lightning_online._worker import main; main()"
+        root = str(Path(__file__).resolve().parents[2])
+        code = f"import sys; sys.path.insert(0, {root!r}); from lightning_online._transport.worker import main; main()"
         info = MPI.Info.Create()
         info.Set("wdir", os.getcwd())
         comm = MPI.COMM_SELF.Spawn(sys.executable, ["-c", code], maxprocs=self.n_workers, info=info)

@@ -28,20 +28,17 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from lightning_online._dist import Group
-from lightning_online._store import TRIM_EVERY, SlotStore, trim_heap
-from lightning_online._wire import MAX_REASON, cap_text, decode_sample
+from lightning_online._transport.store import TRIM_EVERY, SlotStore, trim_heap
+from lightning_online._util.dist import Group
+from lightning_online._wire.samples import MAX_REASON, cap_text, decode_sample
 from lightning_online.buffers import Buffer
-from lightning_online.sampling import ParameterSpace, Sampler
-from lightning_online.steering import steered_rows
+from lightning_online.errors import StudyError
+from lightning_online.sampling.samplers import ParameterSpace, Sampler
+from lightning_online.sampling.steering import steered_rows
 
 log = logging.getLogger("lightning_online")
 
 __all__ = ["MAX_FAILURES", "Decision", "Run", "Study", "StudyError"]
-
-
-class StudyError(RuntimeError):
-    """The study cannot go on (too many failed runs, a worker failure); the message says why."""
 
 
 @dataclass

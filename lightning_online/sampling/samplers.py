@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import qmc
 
-from lightning_online._checks import check_optional_int, refuse
-from lightning_online._seeds import derived_seed
+from lightning_online._util.checks import check_optional_int, refuse
+from lightning_online._util.seeds import derived_seed
 
 __all__ = ["Halton", "LatinHypercube", "ParameterSpace", "Sampler", "Uniform"]
 

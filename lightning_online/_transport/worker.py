@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_online._runner import (
+from lightning_online._transport.runner import (
     REF,
     Ring,
     mpi_free_environ,
@@ -40,7 +40,7 @@ from lightning_online._runner import (
     signal_name,
     write_frame,
 )
-from lightning_online._wire import COALESCE_SAMPLES, cap_text, coalesce_limit, encode_end
+from lightning_online._wire.samples import COALESCE_SAMPLES, cap_text, coalesce_limit, encode_end
 
 TAG_TASK, TAG_STOP, TAG_END, TAG_BYE, TAG_FATAL = range(11, 16)
 # A message of k samples (1 <= k <= COALESCE_SAMPLES) of equal size has tag TAG_SAMPLES + k.
@@ -100,7 +100,7 @@ class _Sandbox:
         fds = (to_child_r, from_child_w, ring_fd)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "lightning_online._runner", *map(str, fds)],
+                [sys.executable, "-m", "lightning_online._transport.runner", *map(str, fds)],
                 pass_fds=fds,
                 env=env,
             )
@@ -421,7 +421,9 @@ def main() -> None:
 
     comm = MPI.Comm.Get_parent()
     if comm == MPI.COMM_NULL:
-        raise SystemExit("lightning_online._worker is started by OnlineDataModule, not by hand")
+        raise SystemExit(
+            "lightning_online._transport.worker is started by OnlineDataModule, not by hand"
+        )
     config = comm.bcast(None, root=0)
     worker = Worker(comm, config)
     try:

@@ -10,8 +10,8 @@ Two rules, both fed by :class:`SimulationStats` through ``Sampler.update``:
   residual-based adaptive sampling for PINNs"): resample a dense candidate set with density
   ``loss^k / mean(loss^k) + c``.
 
-Like the samplers of :mod:`lightning_online.sampling` they depend only on numpy and scipy, work in
-the unit cube of the :class:`~lightning_online.sampling.ParameterSpace` (so log dimensions are
+Like the samplers of :mod:`lightning_online.sampling.samplers` they depend only on numpy and scipy, work in
+the unit cube of the :class:`~lightning_online.sampling.samplers.ParameterSpace` (so log dimensions are
 handled for free), are deterministic given a seed, picklable, and checkpointable through
 ``state_dict`` as plain Python objects.
 """
@@ -26,9 +26,15 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
-from lightning_online._checks import check_int, check_real
-from lightning_online._seeds import seed_of
-from lightning_online.sampling import Halton, ParameterSpace, Sampler, Uniform, _GeneratorSampler
+from lightning_online._util.checks import check_int, check_real
+from lightning_online._util.seeds import seed_of
+from lightning_online.sampling.samplers import (
+    Halton,
+    ParameterSpace,
+    Sampler,
+    Uniform,
+    _GeneratorSampler,
+)
 
 __all__ = ["Breed", "ErrorModel", "LossProportional", "SimulationStats", "SteeredSampler"]
 
@@ -267,7 +273,7 @@ class Breed(_SteeredSampler):
             section 4), ``"loss"`` was better on the mean and on every tail statistic.
         min_observed: A run qualifies as a parent once this many of its samples were seen.
         max_retries: Out-of-box retries per child (int >= 0).
-        seed: As for :class:`~lightning_online.sampling.Sampler`.
+        seed: As for :class:`~lightning_online.sampling.samplers.Sampler`.
 
     Attributes:
         generation: Qualifying updates so far.
@@ -469,7 +475,7 @@ class LossProportional(_SteeredSampler):
         k: Loss exponent (>= 0).
         c: Uniform share (>= 0).
         n_candidates: Candidates per draw (int >= 1), or None for ``10 * n``.
-        seed: As for :class:`~lightning_online.sampling.Sampler`.
+        seed: As for :class:`~lightning_online.sampling.samplers.Sampler`.
         non_breed: Sampler before the first update; default ``Uniform`` seeded from a seed
             derived from (and distinct from) ``seed``.
 
@@ -603,13 +609,13 @@ class ErrorModel(_SteeredSampler):
         memory: Most recent draws remembered for the distance term (int >= 1).
         non_breed: Space-filling sampler for the exploration share and everything before the
             first update; default ``Halton`` seeded from a seed derived from ``seed``.
-        seed: As for :class:`~lightning_online.sampling.Sampler`.
+        seed: As for :class:`~lightning_online.sampling.samplers.Sampler`.
 
     Attributes:
         generation: Usable updates so far.
         last_bred_mask: Bool ``(n,)``, which rows of the last draw followed the model.
         last_bred_fraction: Their share.
-        model: The last fitted :class:`~lightning_online._gp.GaussianProcess`, or None.
+        model: The last fitted :class:`~lightning_online.sampling._gp.GaussianProcess`, or None.
     """
 
     _SEED_TAG = 3
@@ -710,7 +716,7 @@ class ErrorModel(_SteeredSampler):
 
     def _fit(self, space: ParameterSpace) -> None:
         """Fit the model to the last update and score this generation's candidates."""
-        from lightning_online._gp import GaussianProcess
+        from lightning_online.sampling._gp import GaussianProcess
 
         assert self._points is not None and self._values is not None
         x = self._unit_points(space, self._points, "ErrorModel")
