@@ -1,7 +1,7 @@
 """Hostile bytes: every length from a peer, a worker or a sandbox is checked against the bytes
 present, with Python integers; a bad message fails its run (with the reason), never the study;
 reasons and output are capped. Property-based fuzzing (hypothesis) of the ``_wire`` and
-``_protocol`` decoders and of the HELLO handshake over real sockets; real MPI workers, sandboxes
+``_wire.tcp`` decoders and of the HELLO handshake over real sockets; real MPI workers, sandboxes
 and programs for the rest (docs/fault-tolerance.md, "what is guaranteed").
 """
 

@@ -30,7 +30,13 @@ import torch
 
 from lightning_online._transport.store import TRIM_EVERY, SlotStore, trim_heap
 from lightning_online._util.dist import Group
-from lightning_online._wire.samples import MAX_REASON, cap_text, decode_sample
+from lightning_online._wire.samples import (
+    HEADER_BYTES,
+    MAX_REASON,
+    cap_text,
+    decode_sample,
+    record_ids,
+)
 from lightning_online.buffers import Buffer
 from lightning_online.errors import StudyError
 from lightning_online.sampling.samplers import ParameterSpace, Sampler
@@ -320,12 +326,12 @@ class Study:
         k = len(blobs)
         if k == 0:
             return
-        if blobs.shape[1] < 32:
+        if blobs.shape[1] < HEADER_BYTES:
             with self._lock:
                 self.count.samples_rejected += k
             log.warning("dropped %d malformed sample message(s) of %d bytes", k, blobs.shape[1])
             return
-        sims = blobs[:, 8:16].view(np.int64)[:, 0]
+        sims = record_ids(blobs)[0]
         if k > 1 and (sims != sims[0]).any():  # several runs in one message: one at a time
             for sim in dict.fromkeys(sims.tolist()):
                 rows = np.flatnonzero(sims == sim)

@@ -22,7 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
-from lightning_online._transport.worker import (
+from lightning_online._util.mpienv import prepare_spawn
+from lightning_online._wire.samples import (
     HEADER_BYTES,
     TAG_BYE,
     TAG_END,
@@ -31,9 +32,9 @@ from lightning_online._transport.worker import (
     TAG_SAMPLES_MAX,
     TAG_STOP,
     TAG_TASK,
+    cap_text,
+    decode_end,
 )
-from lightning_online._util.mpienv import prepare_spawn
-from lightning_online._wire.samples import cap_text, decode_end
 
 log = logging.getLogger(__name__)
 

@@ -24,21 +24,18 @@ from __future__ import annotations
 
 import mmap
 import os
-import select
 import signal
 import struct
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
 
+from lightning_online._wire.frames import REF, read_frame, write_frame
 from lightning_online._wire.samples import cap_text, check_step, encode_sample
 
-_LEN = struct.Struct("<QB")
-REF = struct.Struct("<QQQ")  # an R frame: offset in the ring, bytes, ring position after it
 RING_BYTES = 16 << 20  # per worker; samples above a quarter of it go through the pipe
 
 
@@ -89,62 +86,6 @@ class Ring:
 
     def used(self, end: int) -> int:
         return end - int(self.tail[0])
-
-
-def write_frame(out: BinaryIO, kind: bytes, payload: bytes | memoryview | np.ndarray) -> None:
-    # numpy arrays are buffers (typed so for Python >= 3.12 only)
-    data = memoryview(payload).cast("B") if not isinstance(payload, bytes) else payload  # type: ignore[arg-type]
-    out.write(_LEN.pack(len(data), kind[0]))
-    out.write(data)
-    out.flush()
-
-
-_GROW = 1 << 20  # a frame's buffer grows with the bytes that arrive, this much at first
-
-
-def read_exact(
-    inp: BinaryIO, n: int, idle: Callable[[float], None] | None = None
-) -> bytearray | None:
-    """Read exactly n bytes, or None at end of file (the other side died or closed the pipe).
-
-    The buffer grows (doubling) as bytes arrive rather than being allocated from ``n``: a frame
-    that announces gigabytes and then ends costs no more memory than what was really sent.
-    With ``idle``, it is called (with the seconds since bytes last arrived) every 50 ms that
-    nothing arrives, and may raise to give up: a writer that stops mid-frame cannot hold the
-    reader forever."""
-    buf = bytearray(min(n, _GROW))
-    view = memoryview(buf)
-    got = 0
-    since = time.monotonic()
-    while got < n:
-        if got == len(buf):
-            view.release()
-            buf.extend(bytes(min(len(buf), n - len(buf))))
-            view = memoryview(buf)
-        if idle is not None:
-            while not select.select([inp], [], [], 0.05)[0]:
-                idle(time.monotonic() - since)
-        k = inp.readinto(view[got:])  # type: ignore[attr-defined]
-        if not k:
-            return None
-        got += k
-        since = time.monotonic()
-    view.release()
-    return buf
-
-
-def read_frame(
-    inp: BinaryIO, idle: Callable[[float], None] | None = None
-) -> tuple[bytes, bytearray] | None:
-    """One frame, or None at end of file; ``idle`` as for :func:`read_exact`."""
-    head = read_exact(inp, _LEN.size, idle)
-    if head is None:
-        return None
-    length, kind = _LEN.unpack(head)
-    payload = read_exact(inp, length, idle) if length else bytearray()
-    if payload is None:
-        return None
-    return bytes([kind]), payload
 
 
 # Variables of the MPI process manager: a process started from an MPI process (a solver sandbox,

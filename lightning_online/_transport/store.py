@@ -33,6 +33,7 @@ from lightning_online._wire.samples import (
     decode_sample,
     describe,
     read_header,
+    record_ids,
     signature,
 )
 
@@ -222,8 +223,7 @@ class SlotStore:
     def ids(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Simulation ids and time steps of the samples in slots ``idx``."""
         assert self.mem is not None
-        head = self.mem[idx, 8:24].view(np.int64)
-        return head[:, 0].copy(), head[:, 1].copy()
+        return record_ids(self.mem[idx])
 
     def gather(self, idx: np.ndarray, pin: bool = False) -> list[torch.Tensor]:
         """A batch: field i of slots ``idx``, stacked, one tensor per field (pinned if asked)."""

@@ -32,24 +32,22 @@ from typing import Any
 
 import numpy as np
 
-from lightning_online._transport.runner import (
-    REF,
-    Ring,
-    mpi_free_environ,
-    read_frame,
-    signal_name,
-    write_frame,
+from lightning_online._transport.runner import Ring, mpi_free_environ, signal_name
+from lightning_online._wire.frames import REF, read_frame, write_frame
+from lightning_online._wire.samples import (
+    TAG_BYE,
+    TAG_END,
+    TAG_FATAL,
+    TAG_SAMPLES,
+    TAG_STOP,
+    cap_text,
+    coalesce_limit,
+    encode_end,
 )
-from lightning_online._wire.samples import COALESCE_SAMPLES, cap_text, coalesce_limit, encode_end
 
-TAG_TASK, TAG_STOP, TAG_END, TAG_BYE, TAG_FATAL = range(11, 16)
-# A message of k samples (1 <= k <= COALESCE_SAMPLES) of equal size has tag TAG_SAMPLES + k.
-TAG_SAMPLES = 100
-TAG_SAMPLES_MAX = TAG_SAMPLES + COALESCE_SAMPLES
 _WINDOW = 16  # synchronous sends in flight per worker
 STARTUP_SECONDS = 300.0  # a new sandbox must have loaded the solver by then
 MID_FRAME_SECONDS = 30.0  # a sandbox silent this long in the middle of a frame fails its run
-HEADER_BYTES = 32  # the smallest sample (``_wire``'s fixed header) the trainer takes
 _NOTHING = object()  # no frame read ahead
 
 

@@ -45,6 +45,11 @@ COALESCE_BYTES = 1 << 20
 #: Bytes of UTF-8 kept of any failure reason or program output (a solver's 64 MiB exception
 #: message or a program's endless line must not live in memory, the log and every checkpoint).
 MAX_REASON = 8192
+# MPI message tags between a rank's receiver and its workers.
+TAG_TASK, TAG_STOP, TAG_END, TAG_BYE, TAG_FATAL = range(11, 16)
+# A message of k samples (1 <= k <= COALESCE_SAMPLES) of equal size has tag TAG_SAMPLES + k.
+TAG_SAMPLES = 100
+TAG_SAMPLES_MAX = TAG_SAMPLES + COALESCE_SAMPLES
 _HEAD = 4  # magic, sim_id, step, n_fields
 _FIELD = 2 + MAX_DIMS  # dtype code, ndim, shape[MAX_DIMS]
 
@@ -145,6 +150,17 @@ def _pad8(n: int) -> int:
 
 
 _IDS = struct.Struct("<qq")  # sim_id and step, at bytes 8..24 of the header
+#: The fixed header every sample record starts with (magic, sim_id, step, n_fields: int64 each):
+#: the smallest record the receiver takes.
+HEADER_BYTES = 8 * _HEAD
+
+
+def record_ids(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sim_ids, steps)`` of ``(k, size)`` uint8 sample records (size >= HEADER_BYTES)."""
+    ids = np.ascontiguousarray(records[:, 8 : 8 + _IDS.size]).view(np.int64)
+    return ids[:, 0].copy(), ids[:, 1].copy()
+
+
 _LAYOUTS: dict[tuple, tuple[np.ndarray, list[tuple[int, int, int]], int]] = {}
 
 

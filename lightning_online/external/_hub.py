@@ -43,10 +43,11 @@ import numpy as np
 from lightning_online._transport.pool import ReceiverPool, _live_pools
 from lightning_online._transport.runner import mpi_free_environ, signal_name
 from lightning_online._wire import tcp as proto
+from lightning_online._wire.frames import FrameReader, encode_frame
 from lightning_online._wire.samples import cap_text, check_step, encode_sample
 from lightning_online._wire.tcp import ENV_ADDRESS, ENV_PARAMETERS, ENV_TOKEN
 from lightning_online.errors import ExternalRunError
-from lightning_online.external._launchd import GRACE, FrameReader, encode_frame
+from lightning_online.external._launchd import GRACE
 
 if TYPE_CHECKING:
     from lightning_online._transport.pool import PoolHandler

@@ -41,56 +41,25 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import resource
 import selectors
 import signal
-import struct
 import subprocess
 import sys
 import time
 from collections import deque
 from typing import Any
 
-__all__ = ["FrameReader", "encode_frame", "main"]
+from lightning_online._wire.frames import FrameReader, encode_frame
 
-_FRAME = struct.Struct("<I")
-MAX_FRAME = 64 << 20  # a launch frame carries a whole environment; nothing legitimate is near
+__all__ = ["main"]
+
 GRACE = 3.0  # seconds between SIGTERM and SIGKILL of a group
 TAIL_LINES = 20  # output kept per run for failure reports...
 TAIL_BYTES = 8192  # ...and at most this many bytes of it
 _CHUNK = 65536
 _PR_SET_PDEATHSIG = 1
-
-
-def encode_frame(obj: Any) -> bytes:
-    """One frame of the pipe protocol (both directions)."""
-    data = json.dumps(obj, separators=(",", ":")).encode()
-    return _FRAME.pack(len(data)) + data
-
-
-class FrameReader:
-    """Splits a byte stream into frames; ``feed`` returns the decoded objects it completed."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[Any]:
-        self._buf += data
-        out = []
-        pos = 0
-        while len(self._buf) - pos >= _FRAME.size:
-            (n,) = _FRAME.unpack_from(self._buf, pos)
-            if n > MAX_FRAME:
-                raise ValueError(f"launcher pipe: a frame of {n} bytes (at most {MAX_FRAME})")
-            if len(self._buf) - pos - _FRAME.size < n:
-                break
-            start = pos + _FRAME.size
-            out.append(json.loads(bytes(self._buf[start : start + n])))
-            pos = start + n
-        del self._buf[:pos]
-        return out
 
 
 class Tail:

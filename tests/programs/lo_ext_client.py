@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-from lightning_online import _protocol, client
+from lightning_online import client
+from lightning_online._wire import tcp as _protocol
 
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=5)
