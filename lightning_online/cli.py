@@ -114,7 +114,14 @@ class OnlineCLI(LightningCLI):
             defaults = dict(kwargs.pop("trainer_defaults", None) or {})
             defaults.setdefault("plugins", [mpi_env])
             kwargs["trainer_defaults"] = defaults
-        super().__init__(*args, **kwargs)
+        self.torch_num_threads: int | None = None
+        threads = torch.get_num_threads()
+        try:
+            super().__init__(*args, **kwargs)  # runs the subcommand, unless run=False
+        finally:
+            # torch's thread count is the process's: the CLI's holds for what the CLI runs,
+            # then the one found is back (with run=False, apply cli.torch_num_threads yourself)
+            torch.set_num_threads(threads)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse as ``LightningCLI`` does, with the config files' interpolations following the
@@ -157,7 +164,8 @@ class OnlineCLI(LightningCLI):
         elif n < 1:
             raise ValueError(f"torch_num_threads must be a positive integer, got {n}")
         if n is not None:
-            torch.set_num_threads(int(n))
+            self.torch_num_threads = int(n)
+            torch.set_num_threads(int(n))  # until the CLI returns (see __init__)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer, with a :class:`StudyProgressBar` when its config shows a progress bar and

@@ -9,10 +9,12 @@ LightningModule written for an ordinary ``(x, y)`` DataLoader trains unchanged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import pickle
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from lightning_online._study.ledger import STATS_KEYS, Run, Study, StudyError
 from lightning_online._transport.pool import ReceiverPool, WorkerPool
@@ -82,6 +84,30 @@ class _ValidationSet(Dataset):
         if isinstance(item, np.ndarray):
             return torch.from_numpy(item)
         return tuple(torch.from_numpy(a) for a in item)
+
+
+class _OnlyWithValidationRuns:
+    """``OnlineDataModule.val_dataloader``: the method itself with validation runs; without
+    them, a wrapper of it that Lightning's ``is_overridden`` (which follows ``__wrapped__``)
+    takes for ``LightningDataModule.val_dataloader``, i.e. no validation loader at all."""
+
+    def __init__(self, fn: Callable[[OnlineDataModule], DataLoader]) -> None:
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, dm: OnlineDataModule | None, owner: type) -> Any:
+        if dm is None:
+            return self
+        bound = types.MethodType(self.fn, dm)
+        if dm.val_parameters is not None:
+            return bound
+
+        @functools.wraps(self.fn)
+        def val_dataloader() -> DataLoader:
+            return bound()
+
+        val_dataloader.__wrapped__ = pl.LightningDataModule.val_dataloader
+        return val_dataloader
 
 
 class OnlineDataModule(pl.LightningDataModule):
@@ -206,7 +232,8 @@ class OnlineDataModule(pl.LightningDataModule):
         self._launched: np.ndarray = np.zeros((0, space.dim))
         self._runs: dict[int, Run] = {}
         self.val_report: dict[str, np.ndarray] | None = None
-        self._lent: tuple[pl.Trainer, tuple[Any] | None, list[Callback], Any] | None = None
+        self._lent: tuple[pl.Trainer, list[Callback]] | None = None
+        self._stopped: pl.Trainer | None = None  # should_stop was set by the end of the study
         # What loggers record about the study (a summary: solvers need not be loggable).
         # (The arguments themselves are left out: Lightning would compare them with the summary.)
         self.save_hyperparameters({"study": _study_hparams(self)}, ignore=_init_names(type(self)))
@@ -437,21 +464,36 @@ class OnlineDataModule(pl.LightningDataModule):
         # the budget is already done. Lightning calls this on every rank at the same point.
         self._ensure_validation()
         self._study.sync()
-        return DataLoader(_Batches(self), batch_size=None, num_workers=0)
+        # The batches themselves, not a DataLoader around them: they are made by the stream
+        # (no worker processes may be forked from an MPI process), so Lightning has nothing to
+        # say about "few workers" and no filter of the user's warnings is touched.
+        return _Batches(self)  # type: ignore[return-value]
 
     def _ensure_validation(self) -> None:
         """Simulate the validation runs if they are not yet (every rank, at the same point)."""
         if self.val_parameters is not None and self._val_set is None:
             self._simulate_validation()
 
-    def val_dataloader(self) -> DataLoader:
+    def _val_dataloader(self) -> DataLoader:
+        """The validation runs' batches (this rank's share); an empty list without them."""
         self._ensure_validation()
         if self._val_set is None:
             return []  # type: ignore[return-value]
-        return DataLoader(self._val_set, batch_size=self.val_batch_size, shuffle=False)
+        group = self._group
+        rank, size = (group.rank, group.size) if group is not None else (0, 1)
+        # This rank's share of the validation batches, as Lightning's DistributedSampler would
+        # give (padded: every rank the same number); an iterable, not a DataLoader (see
+        # train_dataloader)
+        return _ValidationBatches(self._val_set, self.val_batch_size, rank, size)  # type: ignore[return-value]
+
+    #: Lightning decides whether there is a validation loop, and whether to warn "You passed in
+    #: a val_dataloader but have no validation_step", by whether ``val_dataloader`` is
+    #: overridden: without validation runs it is not (no loop, no warning, no change to
+    #: ``trainer.limit_val_batches``); calling it still returns an empty list.
+    val_dataloader = _OnlyWithValidationRuns(_val_dataloader)
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        return self._val_dataloader()
 
     def teardown(self, stage: str) -> None:
         self._return_trainer()
@@ -465,24 +507,10 @@ class OnlineDataModule(pl.LightningDataModule):
     def _borrow_trainer(self, trainer: pl.Trainer, stage: str) -> None:
         """What this DataModule changes on the Trainer, for one ``fit`` / ``validate`` /
         ``test`` only (every rank, from ``setup``; :meth:`_return_trainer` undoes it all at
-        ``teardown`` or on an exception):
-
-        * ``fit`` without validation runs: ``limit_val_batches = 0`` (no empty validation loop);
-        * with validation runs: the callback that computes the per-run validation report
-          (``val_sim_loss_*``) joins ``trainer.callbacks``;
-        * Lightning's "does not have many workers" warning is silenced: this DataModule's
-          loaders must keep ``num_workers=0`` (batches come from the stream, not from workers).
-        """
-        import warnings
-
-        from lightning.fabric.utilities.warnings import PossibleUserWarning
-
+        ``teardown`` or on an exception): with validation runs, the callback that computes the
+        per-run validation report (``val_sim_loss_*``) joins ``trainer.callbacks``."""
         if self._lent is not None:
             return
-        limit = None
-        if self.val_parameters is None and stage == "fit":
-            limit = (trainer.limit_val_batches,)
-            trainer.limit_val_batches = 0
         added: list[Callback] = []
         # trainer.callbacks is set by Lightning's callback connector (not declared on Trainer)
         callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
@@ -490,28 +518,22 @@ class OnlineDataModule(pl.LightningDataModule):
             if not any(isinstance(c, _ValidationReport) for c in callbacks):
                 added.append(_ValidationReport(self))
                 callbacks.append(added[-1])
-        warnings.filterwarnings("ignore", _FEW_WORKERS, PossibleUserWarning)
-        self._lent = (trainer, limit, added, warnings.filters[0])
+        self._lent = (trainer, added)
 
     def _return_trainer(self) -> None:
-        """Undo :meth:`_borrow_trainer` (idempotent)."""
-        import warnings
-
+        """Undo :meth:`_borrow_trainer` (idempotent); put back ``should_stop`` if the end of
+        the study set it (see :meth:`_batches`)."""
+        stop, self._stopped = self._stopped, None
+        if stop is not None and stop.should_stop:
+            stop.should_stop = False
         if self._lent is None:
             return
-        trainer, limit, added, entry = self._lent
+        trainer, added = self._lent
         self._lent = None
-        if limit is not None:
-            trainer.limit_val_batches = limit[0]
-        from typing import cast
-
         callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
         for callback in added:
             if callback in callbacks:
                 callbacks.remove(callback)
-        filters = cast("list[Any]", warnings.filters)  # a list (typed as a Sequence)
-        if entry in filters:
-            filters.remove(entry)
 
     def state_dict(self) -> dict[str, Any]:
         """Sampler state, the study's progress and its fingerprint, saved in Lightning
@@ -644,8 +666,16 @@ class OnlineDataModule(pl.LightningDataModule):
             decision = study.sync(error=pool.error is not None or not pool.alive)
             self._stats = decision.stats
             if decision.finish:
-                if self.trainer is not None:
-                    self.trainer.should_stop = True
+                # An exhausted iterable ends the epoch, not fit: Lightning would start another
+                # epoch (max_epochs is unbounded when max_steps is set) whose iterator yields
+                # nothing, forever. Its supported way to end fit from outside the loop is
+                # trainer.should_stop (as EarlyStopping does); it is set here, after the last
+                # batch, only when nobody set it, and put back to False at teardown, so the
+                # user's Trainer reads as they left it before, during and after fit.
+                trainer = self.trainer
+                if trainer is not None and not trainer.should_stop:
+                    trainer.should_stop = True
+                    self._stopped = trainer
                 return
             if decision.batches:  # every rank serves as many before the next agreement
                 for _ in range(decision.batches):
@@ -701,7 +731,25 @@ def _differences(saved: Any, now: Any, key: str = "") -> list[tuple[str, Any, An
     return [] if saved == now else [(key, saved, now)]
 
 
-_FEW_WORKERS = r"The '(train|val|test|predict)_dataloader' does not have many workers"
+class _ValidationBatches:
+    """One rank's validation batches: indices ``rank, rank + size, ...`` of the validation set,
+    padded from its start so that every rank has as many (as ``DistributedSampler`` does),
+    collated per field; the indices read are appended to ``val_set.requested`` in order."""
+
+    def __init__(self, val_set: _ValidationSet, batch_size: int, rank: int, size: int) -> None:
+        self.val_set, self.batch_size = val_set, batch_size
+        n = len(val_set)
+        total = -(-n // size) * size
+        self.indices = [(i % n) for i in range(rank, total, size)] if n else []
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Any]:
+        self.val_set.requested.clear()
+        for start in range(0, len(self.indices), self.batch_size):
+            chunk = self.indices[start : start + self.batch_size]
+            yield default_collate([self.val_set[i] for i in chunk])
 
 
 def _describe(obj: Any) -> str:
@@ -780,9 +828,7 @@ class _ValidationReport(Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         n = len(self.dm._val_thetas) if self.dm._val_thetas is not None else 0
         self._sums, self._counts = np.zeros(n), np.zeros(n)
-        if self.dm._val_set is not None:
-            self.dm._val_set.requested.clear()
-        self.capture.attach(pl_module)
+        self.capture.attach(pl_module)  # (the loader clears val_set.requested as it starts)
 
     def on_validation_batch_start(
         self,

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from lightning_online._util.mpienv import prepare_spawn
+from lightning_online._util.mpienv import mark_spawned, spawn_environment
 from lightning_online._wire.samples import (
     HEADER_BYTES,
     TAG_BYE,
@@ -76,17 +76,6 @@ def _stop_all() -> None:
     # Last line of defence (an exception that bypassed teardown): never leave workers behind.
     for pool in list(_live_pools):
         pool.stop(timeout=10.0)
-
-
-def _keep_spawns_local() -> None:
-    """Inside a SLURM job, a training rank started without an MPI launcher (``srun --mpi=none``)
-    is an MPI singleton whose process manager would detect SLURM and start the spawned workers
-    through ``srun`` (a job step per spawn, possibly on another node). The workers belong next to
-    their rank: tell the process manager to fork them locally, unless the user chose otherwise."""
-    launched_by_pmi = any(k in os.environ for k in ("PMI_RANK", "PMI_FD", "PMIX_RANK"))
-    if "SLURM_JOB_ID" in os.environ and not launched_by_pmi:
-        os.environ.setdefault("HYDRA_LAUNCHER", "fork")
-        os.environ.setdefault("HYDRA_RMK", "user")
 
 
 class ReceiverPool:
@@ -157,9 +146,13 @@ class WorkerPool(ReceiverPool):
     # -- called from the training thread -------------------------------------------------------
     def start(self, timeout: float = 120.0) -> None:
         _live_pools.add(self)
-        self._thread.start()
-        if not self._started.wait(timeout):
-            raise TimeoutError(f"spawning {self.n_workers} MPI workers took more than {timeout} s")
+        # What MPI's process manager must start with reaches it, not this process for good.
+        with spawn_environment():
+            self._thread.start()
+            if not self._started.wait(timeout):
+                raise TimeoutError(
+                    f"spawning {self.n_workers} MPI workers took more than {timeout} s"
+                )
         if self.error is not None:
             raise RuntimeError("could not start the solver workers") from self.error
 
@@ -179,8 +172,7 @@ class WorkerPool(ReceiverPool):
 
     # -- receiver thread -----------------------------------------------------------------------
     def _spawn(self):  # type: ignore[no-untyped-def]
-        _keep_spawns_local()
-        prepare_spawn()  # the environment's mpiexec, whatever PATH says; before any MPI call
+        # MPI's process manager gets what it needs from spawn_environment (training thread)
         from mpi4py import MPI
 
         # The worker must import this package even when it is not installed (a source checkout).
@@ -190,6 +182,7 @@ class WorkerPool(ReceiverPool):
         info.Set("wdir", os.getcwd())
         comm = MPI.COMM_SELF.Spawn(sys.executable, ["-c", code], maxprocs=self.n_workers, info=info)
         info.Free()
+        mark_spawned()
         python_path = [root, *[p for p in sys.path if p]]
         config = {
             "solver": self.solver,

@@ -911,23 +911,53 @@ class _Hub:
 # -- a pool of runs for a study ----------------------------------------------------------------
 
 
+_fd_lock = threading.Lock()
+_fd_users = 0  # pools that hold the raised limit
+_fd_saved: tuple[int, int] | None = None  # the limit before the first of them raised it
+_fd_set: tuple[int, int] | None = None  # the limit they set
+
+
 def _ensure_fd_limit(needed: int) -> None:
-    """Lift this process's soft limit on open files to ``needed`` (at most the hard limit): one
-    socket per connection of a run in flight."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return
-    new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if new > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        log.info("raised the soft limit on open files from %d to %d", soft, new)
-    if new < needed:
-        log.warning(
-            "runs in flight may need %d open files, but the hard limit is %d; "
-            "raise it (ulimit -Hn) or lower n_workers",
-            needed,
-            hard,
-        )
+    """Lift this process's soft limit on open files to ``needed`` (at most the hard limit) while
+    a pool runs: one socket per connection of a run in flight. Training thread, at a pool's
+    start; :func:`_release_fd_limit` at its stop puts the limit back when the last pool stops."""
+    global _fd_users, _fd_saved, _fd_set
+    with _fd_lock:
+        _fd_users += 1
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft >= needed:
+            return
+        new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            if _fd_saved is None:
+                _fd_saved = (soft, hard)
+            _fd_set = (new, hard)
+            log.info(
+                "raised the soft limit on open files from %d to %d while runs are in flight",
+                soft,
+                new,
+            )
+        if new < needed:
+            log.warning(
+                "runs in flight may need %d open files, but the hard limit is %d; "
+                "raise it (ulimit -Hn) or lower n_workers",
+                needed,
+                hard,
+            )
+
+
+def _release_fd_limit() -> None:
+    """A pool stopped: when it was the last one, put back the limit :func:`_ensure_fd_limit`
+    found (unless someone changed it meanwhile). Training thread."""
+    global _fd_users, _fd_saved, _fd_set
+    with _fd_lock:
+        _fd_users = max(0, _fd_users - 1)
+        if _fd_users or _fd_saved is None:
+            return
+        if resource.getrlimit(resource.RLIMIT_NOFILE) == _fd_set:
+            resource.setrlimit(resource.RLIMIT_NOFILE, _fd_saved)
+        _fd_saved = _fd_set = None
 
 
 class ExternalPool(ReceiverPool):
@@ -1017,6 +1047,8 @@ class ExternalPool(ReceiverPool):
                 log.error("the external solver pool did not stop within %.0f s", timeout)
         elif not self._thread.is_alive() and self._hub is not None:
             self._hub.close()  # never started
+        if self in _live_pools:
+            _release_fd_limit()
         _live_pools.discard(self)
 
     # -- receiver thread ---------------------------------------------------------------------
