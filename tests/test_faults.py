@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _models import Regressor, quiet_trainer
+from _models import fit_study
 from _solvers import FaultAt
 from lightning.pytorch.callbacks import Callback
 
-from lightning_online import FIFO, OnlineDataModule, ParameterSpace, StudyError, Uniform
+from lightning_online import StudyError, Uniform
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_orphans")]
 
@@ -51,19 +51,13 @@ class Trained(Callback):
 def fit(kind: str, **kw):
     opts = dict(
         n_simulations=5,
-        batch_size=4,
-        n_workers=2,
         sampler=Uniform(seed=11),
-        buffer=FIFO(32, watermark=4),
         run_timeout=1.0,
         max_retries=1,
         max_failed_fraction=0.95,
     )
-    opts.update(kw)
-    dm = OnlineDataModule(FaultAt(kind), ParameterSpace([0.0, 0.0], [1.0, 1.0]), **opts)
     trained = Trained()
-    trainer = quiet_trainer([trained])
-    trainer.fit(Regressor(2, 1), dm)
+    dm, trainer = fit_study(FaultAt(kind), callbacks=[trained], **{**opts, **kw})
     trainer.trained = trained  # what reached training, for the test
     return dm, trainer
 
