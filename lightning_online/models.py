@@ -48,6 +48,12 @@ class _Regression(pl.LightningModule):
     lr: float
     lr_decay_steps: int = 0
 
+    def _learning_rate(self, lr: float, lr_decay_steps: int) -> None:
+        """Adam's learning rate and, if ``lr_decay_steps > 0``, its cosine decay to ``lr / 100``
+        over that many optimizer steps (every model's ``lr`` and ``lr_decay_steps``)."""
+        self.lr = float(lr)
+        self.lr_decay_steps = check_int(lr_decay_steps, "lr_decay_steps", 0)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = nn.functional.mse_loss(self(x), y)
@@ -108,8 +114,7 @@ class FieldMLP(_Regression):
         self.n_outputs = math.prod(int(s) for s in field_shape)
         layers.append(nn.Linear(sizes[-1], self.n_outputs))
         self.net = nn.Sequential(*layers)
-        self.lr = float(lr)
-        self.lr_decay_steps = check_int(lr_decay_steps, "lr_decay_steps", 0)
+        self._learning_rate(lr, lr_decay_steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -212,8 +217,7 @@ class FNO1D(Autoregressive1D):
         nn.init.zeros_(self.head.weight)  # start from the identity map u(t_k) -> u(t_k)
         assert self.head.bias is not None  # Conv1d's default bias=True
         nn.init.zeros_(self.head.bias)
-        self.lr = float(lr)
-        self.lr_decay_steps = check_int(lr_decay_steps, "lr_decay_steps", 0)
+        self._learning_rate(lr, lr_decay_steps)
 
     def increment(self, x: torch.Tensor) -> torch.Tensor:
         b, _, n = x.shape
@@ -267,8 +271,7 @@ class CNN1D(Autoregressive1D):
         assert head.bias is not None  # Conv1d's default bias=True
         nn.init.zeros_(head.bias)
         self.net = nn.Sequential(*layers, head)
-        self.lr = float(lr)
-        self.lr_decay_steps = check_int(lr_decay_steps, "lr_decay_steps", 0)
+        self._learning_rate(lr, lr_decay_steps)
 
     def increment(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

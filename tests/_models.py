@@ -42,3 +42,17 @@ def quiet_trainer(callbacks=(), *, max_steps: int = 10_000, **kw) -> pl.Trainer:
         enable_model_summary=False,
     )
     return pl.Trainer(callbacks=list(callbacks), max_steps=max_steps, **{**quiet, **kw})
+
+
+def fit_study(solver, *, callbacks=(), model=None, **opts):
+    """A study of a test solver with 2 parameters on the unit square, fitted by a quiet
+    Trainer: the set-up the fault, hostile and soak tests share (2 workers, batches of 4, a
+    FIFO of 32); ``opts`` override the DataModule's arguments. Returns (dm, trainer)."""
+    from lightning_online import FIFO, OnlineDataModule, ParameterSpace
+
+    kw = dict(batch_size=4, n_workers=2, buffer=FIFO(32, watermark=4))
+    kw.update(opts)
+    dm = OnlineDataModule(solver, ParameterSpace([0.0, 0.0], [1.0, 1.0]), **kw)
+    trainer = quiet_trainer(callbacks)
+    trainer.fit(model if model is not None else Regressor(2, 1), dm)
+    return dm, trainer

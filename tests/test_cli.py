@@ -134,12 +134,21 @@ def test_validate_and_test_from_a_checkpoint(tmp_path, capsys):
     cli = OnlineCLI(args=["fit", *tiny_args("heat2d", tmp_path)])
     ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    # Without the checkpoint, validate and test would evaluate these (the seeded initial weights).
+    fresh = OnlineCLI(args=tiny_args("heat2d", tmp_path / "fresh"), run=False).model.state_dict()
+    assert any(not torch.equal(fresh[k], saved[k]) for k in saved)
     args = [*tiny_args("heat2d", tmp_path / "eval"), f"--ckpt_path={ckpt}"]
     val = OnlineCLI(args=["validate", *args])
     assert "val_loss" in val.trainer.callback_metrics
     assert val.datamodule.val_report is not None
     test = OnlineCLI(args=["test", *args])
     assert "test_loss" in test.trainer.callback_metrics
+    for cli in (val, test):  # both evaluated the checkpoint's weights
+        weights = cli.model.state_dict()
+        assert weights.keys() == saved.keys()
+        for k in saved:
+            assert torch.equal(weights[k], saved[k]), k
 
 
 # ---------------------------------------------------------------------------- scale-out

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _models import Regressor, quiet_trainer
+import torch
+from _models import fit_study
 from _solvers import FaultAt
+from lightning.pytorch.callbacks import Callback
 
-from lightning_online import FIFO, OnlineDataModule, ParameterSpace, StudyError, Uniform
+from lightning_online import StudyError, Uniform
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_orphans")]
 
@@ -33,21 +35,30 @@ ROWS = {
 }
 
 
+class Trained(Callback):
+    """Keeps a copy of every batch the model trained on (batch memory is reused)."""
+
+    def __init__(self) -> None:
+        self.x: list[torch.Tensor] = []
+        self.y: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        x, y = batch
+        self.x.append(x.detach().clone())
+        self.y.append(y.detach().clone())
+
+
 def fit(kind: str, **kw):
     opts = dict(
         n_simulations=5,
-        batch_size=4,
-        n_workers=2,
         sampler=Uniform(seed=11),
-        buffer=FIFO(32, watermark=4),
         run_timeout=1.0,
         max_retries=1,
         max_failed_fraction=0.95,
     )
-    opts.update(kw)
-    dm = OnlineDataModule(FaultAt(kind), ParameterSpace([0.0, 0.0], [1.0, 1.0]), **opts)
-    trainer = quiet_trainer()
-    trainer.fit(Regressor(2, 1), dm)
+    trained = Trained()
+    dm, trainer = fit_study(FaultAt(kind), callbacks=[trained], **{**opts, **kw})
+    trainer.trained = trained  # what reached training, for the test
     return dm, trainer
 
 
@@ -67,18 +78,30 @@ def test_fault_is_counted_retried_redrawn_and_the_budget_met(kind, caplog):
     for r in dm.runs.values():
         if r.status == "completed":
             assert r.theta[0] >= 0.5
-    # retried once with the same parameters, then redrawn (never a third time)
-    thetas = [tuple(r.theta) for r in dm.runs.values()]
+    # retried once with the same parameters, then redrawn (never a third time): every first
+    # attempt that failed has exactly one retry, a later run with the same parameters
+    runs = [r for r in dm.runs.values() if not r.validation]
     for r in failed:
-        assert thetas.count(tuple(r.theta)) <= 2
-        if r.attempt == 0 and len(dm.runs) > len(failed) + 5:
-            assert thetas.count(tuple(r.theta)) == 2
+        same = [o for o in runs if np.array_equal(o.theta, r.theta)]
+        assert sorted(o.attempt for o in same) == [0, 1], (r, same)
+        first, retry = sorted(same, key=lambda o: o.attempt)
+        assert retry.sim_id > first.sim_id and retry.status == "failed", (first, retry)
     # the log names the run, its parameters and the cause
     assert any(
         f"solver run {failed[0].sim_id} failed" in m and "theta=" in m for m in caplog.messages
     )
-    # no faulty sample ever reached the buffer
-    assert stats["samples_received"] >= 5 * 6 and np.isfinite(stats["buffer_fill"])
+    # no faulty sample ever reached the buffer: what training saw is finite, of the study's
+    # layout, and from a faulty run only its steps before the fault (steps 0 and 1)
+    x = torch.cat(trainer.trained.x)
+    y = torch.cat(trainer.trained.y)
+    assert stats["samples_received"] >= 5 * 6 and len(trainer.trained.x) == trainer.global_step
+    assert x.shape[1:] == (2,) and y.shape[1:] == (1,) and y.dtype == torch.float32
+    assert torch.isfinite(x).all() and torch.isfinite(y).all()
+    from_faulty = x[:, 0] < 0.5
+    steps = torch.round(x[:, 1] * 6)
+    assert (steps[from_faulty] < 2).all(), x[from_faulty]
+    if kind in ("first_shape", "none"):  # nothing of a faulty run is valid
+        assert not from_faulty.any()
 
 
 def test_too_many_failures_stop_with_the_list_of_failures():

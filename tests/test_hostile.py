@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _hostile import Hostile
-from _models import Regressor, quiet_trainer
+from _models import fit_study
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lightning_online import FIFO, ExternalSolver, OnlineDataModule, ParameterSpace, Uniform
+from lightning_online import FIFO, ExternalSolver, ParameterSpace, Uniform
 from lightning_online._study.ledger import MAX_FAILURES, Study
 from lightning_online._transport.pool import WorkerPool
 from lightning_online._util.dist import Group
@@ -300,19 +300,12 @@ def test_an_error_message_of_a_mebibyte_is_capped():
 def fit_hostile(kind: str, **kw):
     opts = dict(
         n_simulations=4,
-        batch_size=4,
-        n_workers=2,
         sampler=Uniform(seed=11),
-        buffer=FIFO(32, watermark=4),
         run_timeout=10.0,
         max_retries=0,
         max_failed_fraction=0.95,
     )
-    opts.update(kw)
-    dm = OnlineDataModule(Hostile(kind), ParameterSpace([0.0, 0.0], [1.0, 1.0]), **opts)
-    trainer = quiet_trainer()
-    trainer.fit(Regressor(2, 1), dm)
-    return dm
+    return fit_study(Hostile(kind), **{**opts, **kw})[0]
 
 
 @pytest.mark.usefixtures("no_orphans")

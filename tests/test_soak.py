@@ -38,24 +38,18 @@ def test_a_sandbox_start_up_does_not_count_toward_run_timeout():
     solver unpickled) timed out before its solver began when start-up took longer than
     run_timeout; the clock now starts once the sandbox has loaded the solver."""
     from _hostile import SlowStart
-    from _models import Regressor, quiet_trainer
+    from _models import fit_study
 
-    from lightning_online import FIFO, OnlineDataModule, ParameterSpace, Uniform
+    from lightning_online import Uniform
 
-    dm = OnlineDataModule(
+    dm, _ = fit_study(
         SlowStart(),
-        ParameterSpace([0.0, 0.0], [1.0, 1.0]),
         n_simulations=6,
-        batch_size=4,
-        n_workers=2,
         sampler=Uniform(seed=3),
-        buffer=FIFO(32, watermark=4),
         run_timeout=0.5,
         max_retries=0,
         max_failed_fraction=0.9,
     )
-    trainer = quiet_trainer()
-    trainer.fit(Regressor(2, 1), dm)
     assert dm.stats["completed"] == 6
     failed = [r for r in dm.runs.values() if r.status == "failed"]
     assert failed and all("killed by SIGKILL" in r.reason for r in failed), [

@@ -335,3 +335,43 @@ def test_allen_cahn1d_classical_bounded_metastable_and_converged() -> None:
     fine = AllenCahn1D(nx=4 * solver.nx, dt_max=5e-4)
     ref = fine.simulate(fine.initial_condition(AC_THETA), AC_THETA[0])
     assert np.abs(traj - ref[:, ::4]).max() < 5e-3
+
+
+# Values computed before the 1-D solvers moved their shared code into solvers._common.Periodic1D
+# (bit for bit the same there with the same numpy; here to 1e-12, across numpy's FFTs).
+@pytest.mark.parametrize(
+    ("solver", "theta", "last_four", "last_sum", "feature"),
+    [
+        (
+            Burgers1D(nx=16, n_steps=4),
+            [0.01, 0.7, 0.2, 1.0],
+            [0.06909295171499252, 0.09565716236829758, 0.119387686252594, 0.13389752805233002],
+            -7.450580596923828e-09,
+            -2.0,
+        ),
+        (
+            AllenCahn1D(nx=16, n_steps=4),
+            [1e-3, 1.0, 0.1],
+            [-1.0019450187683105, -0.997586190700531, -1.0040048360824585, -0.9683386087417603],
+            2.007216453552246,
+            -3.0,
+        ),
+    ],
+    ids=["burgers1d", "allen_cahn1d"],
+)
+def test_the_1d_solvers_yield_what_they_yielded_before_sharing_a_base(
+    solver, theta, last_four, last_sum, feature
+):
+    samples = list(solver(np.array(theta)))
+    assert len(samples) == 4
+    x, y = samples[-1]
+    assert x.shape == (2, 16) and y.shape == (1, 16) and x.dtype == y.dtype == np.float32
+    np.testing.assert_allclose(y[0, :4], last_four, rtol=1e-6)
+    assert float(y.sum()) == pytest.approx(last_sum, abs=1e-6)
+    assert samples[0][0][1, 0] == feature
+    # simulate keeps its public argument names, and its own check of the coefficient
+    name = "nu" if isinstance(solver, Burgers1D) else "D"
+    traj = solver.simulate(u0=solver.initial_condition(np.array(theta)), **{name: theta[0]})
+    np.testing.assert_array_equal(traj[-1].astype(np.float32), y[0])
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        solver.simulate(np.zeros(16), -1.0)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightning_online.solvers._common import check_theta
+from lightning_online.solvers._common import Periodic1D, check_theta
 
 __all__ = ["AllenCahn1D", "allen_cahn1d_space", "allen_cahn_ode_solution"]
 
@@ -54,7 +54,7 @@ def allen_cahn_ode_solution(u0: float, t: np.ndarray | float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class AllenCahn1D:
+class AllenCahn1D(Periodic1D):
     """Pseudo-spectral ETDRK4 solver of the 1-D Allen-Cahn equation (see the module docstring).
 
     Args:
@@ -77,14 +77,7 @@ class AllenCahn1D:
 
     n_params = 3
     names = _NAMES
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return (2, self.nx)
-
-    @property
-    def y_shape(self) -> tuple[int, ...]:
-        return (1, self.nx)
+    _COEFFICIENT = "diffusion D"
 
     @property
     def substeps(self) -> int:
@@ -101,29 +94,13 @@ class AllenCahn1D:
         x = self.grid()
         return a * x**2 * np.cos(np.pi * x) + c
 
-    def __call__(self, theta: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Validate ``theta`` (shape ``(3,)``, ``D > 0``) and return the sample generator."""
-        th = check_theta(theta, self.n_params, self.names)
-        if not th[0] > 0:
-            raise ValueError(f"diffusion D = theta[0] must be > 0, got {th[0]}")
-        return self._samples(self.initial_condition(th), float(th[0]))
-
     def simulate(self, u0: np.ndarray, D: float) -> np.ndarray:
         """Trajectory from grid values ``u0`` (shape ``(nx,)``): ``(n_steps + 1, nx)`` float64."""
-        u0 = np.asarray(u0, dtype=np.float64)
-        if u0.shape != (self.nx,):
-            raise ValueError(f"u0 must have shape ({self.nx},), got {u0.shape}")
+        return self._simulate(u0, D)
+
+    def _check_coefficient(self, D: float) -> None:
         if not D >= 0:
             raise ValueError(f"D must be >= 0, got {D}")
-        return np.stack([u0, *self._trajectory(u0, float(D))])
-
-    def _samples(self, u0: np.ndarray, D: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        feature = np.full(self.nx, np.log10(D), dtype=np.float32)
-        prev = u0.astype(np.float32)
-        for u in self._trajectory(u0, D):
-            cur = u.astype(np.float32)
-            yield np.stack([prev, feature]), cur[None, :]
-            prev = cur
 
     def _trajectory(self, u0: np.ndarray, D: float) -> Iterator[np.ndarray]:
         """Yield ``u(t_k)`` for ``k = 1 .. n_steps`` (fresh float64 arrays)."""

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightning_online.solvers._common import check_theta
+from lightning_online.solvers._common import Periodic1D, check_theta
 
 __all__ = ["Burgers1D", "burgers1d_space"]
 
@@ -55,7 +55,7 @@ def burgers1d_space() -> tuple[list[float], list[float], tuple[str, ...], tuple[
 
 
 @dataclass(frozen=True)
-class Burgers1D:
+class Burgers1D(Periodic1D):
     """Finite-volume solver of the viscous Burgers equation (see the module docstring).
 
     Args:
@@ -80,14 +80,7 @@ class Burgers1D:
 
     n_params = 4
     names = _NAMES
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return (2, self.nx)
-
-    @property
-    def y_shape(self) -> tuple[int, ...]:
-        return (1, self.nx)
+    _COEFFICIENT = "viscosity nu"
 
     def grid(self) -> np.ndarray:
         """Cell centres ``(i + 1/2) / nx``."""
@@ -104,29 +97,13 @@ class Burgers1D:
         k1, k2 = 2.0 * np.pi, 4.0 * np.pi
         return a1 * sinc(k1) * np.sin(k1 * x + phi) + a2 * sinc(k2) * np.sin(k2 * x)
 
-    def __call__(self, theta: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Validate ``theta`` (shape ``(4,)``, ``nu > 0``) and return the sample generator."""
-        th = check_theta(theta, self.n_params, self.names)
-        if not th[0] > 0:
-            raise ValueError(f"viscosity nu = theta[0] must be > 0, got {th[0]}")
-        return self._samples(self.initial_condition(th), float(th[0]))
-
     def simulate(self, u0: np.ndarray, nu: float) -> np.ndarray:
         """Trajectory from cell averages ``u0`` (shape ``(nx,)``): ``(n_steps + 1, nx)`` float64."""
-        u0 = np.asarray(u0, dtype=np.float64)
-        if u0.shape != (self.nx,):
-            raise ValueError(f"u0 must have shape ({self.nx},), got {u0.shape}")
+        return self._simulate(u0, nu)
+
+    def _check_coefficient(self, nu: float) -> None:
         if not nu > 0:
             raise ValueError(f"nu must be > 0, got {nu}")
-        return np.stack([u0, *self._trajectory(u0, float(nu))])
-
-    def _samples(self, u0: np.ndarray, nu: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        feature = np.full(self.nx, np.log10(nu), dtype=np.float32)
-        prev = u0.astype(np.float32)
-        for u in self._trajectory(u0, nu):
-            cur = u.astype(np.float32)
-            yield np.stack([prev, feature]), cur[None, :]
-            prev = cur
 
     def _trajectory(self, u0: np.ndarray, nu: float) -> Iterator[np.ndarray]:
         """Yield ``u(t_k)`` for ``k = 1 .. n_steps`` (fresh float64 arrays)."""
