@@ -94,7 +94,7 @@ class Handler:
 
 def _pool(kind: str, solver, n_workers: int, handler: Handler):
     if kind == "after":
-        from lightning_online.external._hub import ExternalPool
+        from lightning_online.external._pool import ExternalPool
 
         return ExternalPool(solver, n_workers, handler)
     import cloudpickle

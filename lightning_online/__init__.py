@@ -49,7 +49,7 @@ _LAZY = {
     "StudyProgressBar": "lightning_online.callbacks.monitor",
     "RichStudyProgressBar": "lightning_online.callbacks.monitor",
     "Breed": "lightning_online.sampling.steering",
-    "ErrorModel": "lightning_online.sampling.steering",
+    "ErrorModel": "lightning_online.sampling.error_model",
     "LossProportional": "lightning_online.sampling.steering",
     "SimulationStats": "lightning_online.sampling.steering",
     "SteeredSampler": "lightning_online.sampling.steering",
@@ -101,6 +101,7 @@ if TYPE_CHECKING:
     from lightning_online.errors import ExternalRunError, StudyError
     from lightning_online.external.launchers import Direct, Mpiexec, Srun
     from lightning_online.external.solver import ExternalSolver
+    from lightning_online.sampling.error_model import ErrorModel
     from lightning_online.sampling.samplers import (
         Halton,
         LatinHypercube,
@@ -110,7 +111,6 @@ if TYPE_CHECKING:
     )
     from lightning_online.sampling.steering import (
         Breed,
-        ErrorModel,
         LossProportional,
         SimulationStats,
         SteeredSampler,
@@ -122,7 +122,7 @@ if TYPE_CHECKING:
 _MOVED = {
     "lightning_online.monitor": "lightning_online.callbacks.monitor",
     "lightning_online.active_sampling": "lightning_online.callbacks.active_sampling",
-    "lightning_online.steering": "lightning_online.sampling.steering",
+    "lightning_online.steering": "lightning_online.sampling",
     "lightning_online.launchers": "lightning_online.external.launchers",
 }
 

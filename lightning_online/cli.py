@@ -53,8 +53,9 @@ from lightning_online.buffers import FIFO, FIRO, Reservoir  # noqa: F401
 from lightning_online.callbacks.active_sampling import ActiveSampling  # noqa: F401
 from lightning_online.callbacks.monitor import RichStudyProgressBar, StudyMonitor, StudyProgressBar  # noqa: F401
 from lightning_online.data import OnlineDataModule
+from lightning_online.sampling.error_model import ErrorModel  # noqa: F401
 from lightning_online.sampling.samplers import Halton, LatinHypercube, ParameterSpace, Uniform  # noqa: F401
-from lightning_online.sampling.steering import Breed, ErrorModel, LossProportional  # noqa: F401
+from lightning_online.sampling.steering import Breed, LossProportional  # noqa: F401
 
 __all__ = ["OnlineCLI", "auto_num_threads", "main", "mpi_world_size"]
 

@@ -385,7 +385,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self._study.pin_memory = pin
         pool: type[ReceiverPool]
         if isinstance(self.solver, ExternalSolver):
-            from lightning_online.external._hub import ExternalPool
+            from lightning_online.external._pool import ExternalPool
 
             # The programs connect straight to this rank: no worker, no sandbox per run.
             pool, what = ExternalPool, self.solver

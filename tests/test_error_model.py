@@ -11,7 +11,8 @@ from scipy.spatial.distance import pdist
 
 from lightning_online.sampling import Halton, ParameterSpace, Uniform
 from lightning_online.sampling._gp import GaussianProcess
-from lightning_online.sampling.steering import ErrorModel, SimulationStats
+from lightning_online.sampling.error_model import ErrorModel
+from lightning_online.sampling.steering import SimulationStats
 
 SPACE = ParameterSpace(
     [1e-3, 0.0, -1.0], [1.0, 1.0, 1.0], names=["nu", "a", "b"], log=[True, False, False]

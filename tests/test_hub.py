@@ -34,8 +34,9 @@ from lightning_online import (
 from lightning_online._wire import tcp as proto
 from lightning_online._wire.samples import decode_sample
 from lightning_online.client import build, split_address
-from lightning_online.external._hub import HELLO_SECONDS, ExternalPool
+from lightning_online.external._hub import HELLO_SECONDS
 from lightning_online.external._launchd import TAIL_BYTES
+from lightning_online.external._pool import ExternalPool
 
 HERE = Path(__file__).parent
 PROGRAM = str(HERE / "programs" / "lo_ext_client.py")

@@ -83,7 +83,7 @@ class ReceiverPool:
     one receiver thread (``_main``), registered so that interpreter exit stops it.
 
     Subclasses: :class:`WorkerPool` (Python solvers on spawned MPI workers) and
-    ``_hub.ExternalPool`` (external programs connected straight to this rank).
+    ``external._pool.ExternalPool`` (external programs connected straight to this rank).
     """
 
     def __init__(

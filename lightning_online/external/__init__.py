@@ -3,8 +3,8 @@ launchers (:class:`Direct`, :class:`Mpiexec`, :class:`Srun`), and the machinery 
 
 * ``solver``: :class:`ExternalSolver`, the program's description (command, fields, launcher);
 * ``launchers``: how a program is started (directly, under ``mpiexec``, as an ``srun`` step);
-* ``_hub``: a training rank's receiver for programs (one listening socket, many connections) and
-  its pool of runs in flight;
+* ``_hub``: a training rank's receiver for programs (one listening socket, many connections);
+* ``_pool``: the rank's pool of runs in flight around the hub, and one run for a direct call;
 * ``_launchd``: the small launch helper process that starts and ends each run's program.
 
 The names load on first use (``_launchd`` runs in a helper started with ``python -S``, which

@@ -7,7 +7,7 @@ steps it sends. The program uses the client library (``lightning_online.client``
 a checked fixed header), close.
 
 Where code runs: in a study, the program connects straight to its training rank: the receiver
-thread of that rank (``_hub.ExternalPool``) multiplexes every connection of every run in flight,
+thread of that rank (``external._pool.ExternalPool``) multiplexes every connection of every run in flight,
 and one launcher helper process per rank (``_launchd``) starts the programs, keeps the tail of
 their output and ends their process groups. No Python process per run. Everything the DataModule
 does for Python solvers holds here too: ``n_workers`` runs at a time, backpressure (the receiver
@@ -41,7 +41,7 @@ from lightning_online._util.checks import (
 )
 from lightning_online._wire import tcp as proto
 from lightning_online.errors import ExternalRunError
-from lightning_online.external._hub import run_once
+from lightning_online.external._pool import run_once
 from lightning_online.external.launchers import Launcher, resolve_launcher
 
 __all__ = ["ExternalRunError", "ExternalSolver"]

@@ -2,9 +2,9 @@
 Lightning).
 
 * ``samplers``: :class:`ParameterSpace`, :class:`Sampler` and the space-filling samplers;
-* ``steering``: the loss-driven samplers (:class:`Breed`, :class:`LossProportional`,
-  :class:`ErrorModel`) and their statistics;
-* ``_gp``: the Gaussian process behind :class:`ErrorModel`.
+* ``steering``: the loss-driven samplers (:class:`Breed`, :class:`LossProportional`) and their
+  statistics (:class:`SimulationStats`, :class:`SteeredSampler`);
+* ``error_model``: :class:`ErrorModel`, and ``_gp``, the Gaussian process behind it.
 
 Code here runs on the training thread of every rank, identically (each rank draws the same
 parameters from an identical state).
@@ -12,6 +12,7 @@ parameters from an identical state).
 
 from __future__ import annotations
 
+from lightning_online.sampling.error_model import ErrorModel
 from lightning_online.sampling.samplers import (
     Halton,
     LatinHypercube,
@@ -21,7 +22,6 @@ from lightning_online.sampling.samplers import (
 )
 from lightning_online.sampling.steering import (
     Breed,
-    ErrorModel,
     LossProportional,
     SimulationStats,
     SteeredSampler,
