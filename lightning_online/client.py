@@ -17,6 +17,9 @@ rank (gather the fields there first), or let every rank send its share:
 first axis in rank order (a rank without a share sends an array of first extent 0). The C library's sources ship with the package:
 ``python -m lightning_online.client --include`` prints the include directory and ``--source`` the
 library's source file, for ``mpicc``; :func:`build` compiles a program with them.
+
+Where code runs: inside the solver program (a process started by the rank's launch helper),
+never in the training process.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ The two 1-D models are autoregressive: they map ``x = [u(t_k), log10(parameter)]
 
 Every model logs ``train_loss`` (on the progress bar) and ``val_loss``/``test_loss`` (mean squared
 error) and uses Adam with a configurable learning rate.
+
+Where code runs: the training thread of each rank, as any LightningModule.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 A forward hook is armed at the start of a batch and keeps only the first output produced after
 that: under DDP, Lightning's wrapper redirects ``training_step`` through the module's ``forward``,
 so the hook may fire twice per step, and the first call is always the outer, batched one.
+
+Where code runs: in Lightning's hooks on the training thread of each rank (the validation report
+and the ActiveSampling callback arm and read it).
 """
 
 from __future__ import annotations

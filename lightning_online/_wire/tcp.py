@@ -31,6 +31,9 @@ A connection that ends without CLOSE or ERROR is a crashed run. Each part counts
 
 This module is the single definition used by the Python client, the receiving side and the
 tests; ``csrc/lightning_online.h`` mirrors it for C.
+
+Where code runs: encoding in the solver program (the Python client; the C client mirrors it),
+decoding in the receiver thread of a training rank (``external._hub``).
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ a script::
 
 :class:`StudyProgressBar` (tqdm) and :class:`RichStudyProgressBar` (rich) are Lightning's two
 progress bars that show the run counts as integers; any progress bar shows the figures.
+
+Where code runs: Lightning's hooks on the training thread of every rank; only rank 0 prints,
+saves pictures and writes the summary.
 """
 
 from __future__ import annotations

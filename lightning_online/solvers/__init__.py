@@ -2,6 +2,9 @@
 
 A solver is a picklable callable ``solver(theta) -> Iterator[tuple[np.ndarray, ...]]``; each
 ``*_space()`` function returns the parameter box of its solver.
+
+Where code runs: a solver's ``__call__`` runs in a solver sandbox process (``_transport.runner``),
+never in the training or MPI worker processes.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ Parameters ``theta`` (3 values; box from :func:`allen_cahn1d_space`)
 Samples (autoregressive; ``n_steps`` per run, step ``dt_out = t_end / n_steps``)
     ``x``: float32 ``(2, nx)`` = ``[u(t_k), log10(D) * ones(nx)]``;
     ``y``: float32 ``(1, nx)`` = ``u(t_{k+1})``, for ``k = 0 .. n_steps - 1``.
+
+Where code runs: ``__call__`` in a solver sandbox process (``_transport.runner``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ Samples (one per output step, ``n_steps`` per run, yielded after the step is tak
     C order from the ``(ny, nx)`` array ``u[j, i] = u(x_i, y_j)`` (``y`` is the slow index).
     ``scale`` is ``normalize`` (default 500, the top of the Melissa box, so inputs and
     targets lie in ``[0.2, 1]``), or 1 when ``normalize`` is ``None``.
+
+Where code runs: ``__call__`` in a solver sandbox process (``_transport.runner``).
 """
 
 from __future__ import annotations
