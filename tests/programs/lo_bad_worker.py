@@ -15,7 +15,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from lightning_online._transport.worker import TAG_BYE, TAG_END, TAG_SAMPLES, TAG_STOP, TAG_TASK
+from lightning_online._wire.samples import TAG_BYE, TAG_END, TAG_SAMPLES, TAG_STOP, TAG_TASK
 from lightning_online._wire.samples import encode_end
 
 
