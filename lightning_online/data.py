@@ -45,7 +45,7 @@ from lightning_online._study import STATS_KEYS, Run, Study, StudyError
 from lightning_online._transport import ReceiverPool, WorkerPool
 from lightning_online.buffers import Buffer, Reservoir
 from lightning_online.external import ExternalSolver
-from lightning_online.sampling import Halton, ParameterSpace, Sampler, Uniform
+from lightning_online.sampling import ParameterSpace, Sampler, Uniform, validation_points
 
 log = logging.getLogger("lightning_online")
 
@@ -99,8 +99,10 @@ class OnlineDataModule(pl.LightningDataModule):
             ``FIRO`` or ``Reservoir``; default ``Reservoir(capacity=max(1024, 8 * batch_size))``).
         batch_size: samples per training batch.
         n_workers: solver runs in flight at a time, per training rank.
-        val_parameters: an int n (n Halton points of the box) or an ``(n, d)`` array; these runs
-            are simulated once before training and held in memory for validation.
+        val_parameters: an int n (n points of the box from a low-discrepancy sequence that no
+            sampler draws, :func:`~lightning_online.sampling.validation_points`, so that no
+            validation run is a training run) or an ``(n, d)`` array; these runs are simulated
+            once before training and held in memory for validation.
         val_batch_size: batch size of the validation loader (default ``batch_size``).
         val_loss_fn: elementwise loss ``(pred, target) -> tensor`` used for the per-simulation
             validation report (default: squared error).
@@ -383,7 +385,7 @@ class OnlineDataModule(pl.LightningDataModule):
         study, pool = self._study, self._pool
         assert study is not None and pool is not None
         if isinstance(self.val_parameters, int):
-            thetas = Halton(seed=0).draw(self.space, self.val_parameters)
+            thetas = validation_points(self.space, self.val_parameters)
         else:
             thetas = np.asarray(self.val_parameters)
         ids = study.queue_validation(thetas)
