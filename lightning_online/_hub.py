@@ -44,7 +44,7 @@ from lightning_online import _protocol as proto
 from lightning_online._launchd import GRACE, FrameReader, encode_frame
 from lightning_online._runner import mpi_free_environ, signal_name
 from lightning_online._transport import ReceiverPool, _live_pools
-from lightning_online._wire import cap_text, check_step, encode_sample
+from lightning_online._wire import NO_SAMPLE, cap_text, check_step, encode_sample
 from lightning_online.client import ENV_ADDRESS, ENV_PARAMETERS, ENV_TOKEN
 
 if TYPE_CHECKING:
@@ -750,7 +750,7 @@ class _Hub:
     def _all_closed(self, run: _Run) -> None:
         self._drop_conns(run)
         n = self.solver.n_steps
-        if n is not None and run.step < n:
+        if n is not None and 0 < run.step < n:  # no step at all: NO_SAMPLE, as on every path
             self._fail(run, f"the program yielded {run.step} of {n} announced time steps")
             return
         run.state = _CLOSED
@@ -760,7 +760,9 @@ class _Hub:
             run.exit_deadline = time.monotonic() + self.solver.exit_timeout
 
     def _complete(self, run: _Run) -> None:
-        if run.code == 0:
+        if run.code == 0 and run.step == 0:  # closed cleanly without a step: nothing to train on
+            self._done(run, False, NO_SAMPLE)
+        elif run.code == 0:
             self._done(run, True, "")
         else:
             self._fail(run, f"the program sent {run.step} steps, then failed")
@@ -1027,6 +1029,7 @@ class ExternalPool(ReceiverPool):
                 hub.launch(int(sim_id), theta)
             self.max_in_flight = max(self.max_in_flight, hub.in_flight)
             # Without room nothing is read: look again soon. Otherwise events wake the thread.
+            self._drain()
             hub.poll(self.poll_interval if not handler.has_room() else 0.1)
 
     def _deliver(self, run: _Run, step: int, fields: tuple[np.ndarray, ...]) -> str | None:
@@ -1057,8 +1060,6 @@ class ExternalPool(ReceiverPool):
         return self._scratch[:nbytes]
 
     def _finished(self, run: _Run, ok: bool, reason: str) -> None:
-        if ok and run.step == 0:
-            ok, reason = False, "the program closed without sending a time step"
         assert self._hub is not None
         seconds = self._hub.busy(run, time.monotonic())
         self.handler.on_end(run.sim_id, ok, run.step, seconds, reason)

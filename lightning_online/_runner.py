@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from lightning_online._wire import cap_text, check_step, encode_sample
+from lightning_online._wire import NO_SAMPLE, cap_text, check_step, encode_sample
 
 _LEN = struct.Struct("<QB")
 REF = struct.Struct("<QQQ")  # an R frame: offset in the ring, bytes, ring position after it
@@ -240,7 +240,7 @@ def run(inp: BinaryIO, out: BinaryIO, ring: Ring | None = None) -> None:
                 n_steps += 1
             else:
                 if n_steps == 0:
-                    write_frame(out, b"E", b"the solver yielded no time step")
+                    write_frame(out, b"E", NO_SAMPLE.encode())
                 elif announced is not None and n_steps < announced:
                     msg = f"the solver yielded {n_steps} of {announced} announced time steps"
                     write_frame(out, b"E", msg.encode())

@@ -45,6 +45,9 @@ COALESCE_BYTES = 1 << 20
 #: Bytes of UTF-8 kept of any failure reason or program output (a solver's 64 MiB exception
 #: message or a program's endless line must not live in memory, the log and every checkpoint).
 MAX_REASON = 8192
+#: Why a run that ended without error but sent no sample fails, on every path (a Python solver's
+#: sandbox, an external program, the study's ledger): it cannot train anything.
+NO_SAMPLE = "the solver yielded no sample"
 _HEAD = 4  # magic, sim_id, step, n_fields
 _FIELD = 2 + MAX_DIMS  # dtype code, ndim, shape[MAX_DIMS]
 

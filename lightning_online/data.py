@@ -110,7 +110,8 @@ class OnlineDataModule(pl.LightningDataModule):
             as failed (``None``: no limit). Time blocked by a full buffer does not count.
         max_retries: how often the parameters of a failed run are retried before being redrawn.
         max_failed_fraction: share of failed runs above which the study stops with an error that
-            lists the failures.
+            lists the failures, once at least ``MIN_FAILED_TO_STOP`` (3, in
+            ``lightning_online._study``) runs have failed over all ranks.
         poll_interval: longest sleep (seconds) of the receiver thread between two looks for
             messages; it polls faster while samples flow. Each wake costs the training thread
             the GIL, so shorter is not better.

@@ -20,7 +20,6 @@ import pytest
 import torch
 from _models import Regressor, quiet_trainer
 
-import lightning_online._store as store_module
 from lightning_online import (
     FIFO,
     ExternalSolver,
@@ -253,9 +252,8 @@ def test_a_batch_the_caller_still_holds_is_never_overwritten(monkeypatch, borrow
     variable's reference borrowed, one less): batch memory must not depend on it."""
     if borrowed_refcounts:
         real = sys.getrefcount
-        monkeypatch.setattr(
-            store_module.sys, "getrefcount", lambda o: real(o) - 2
-        )  # its own argument, one borrowed
+        # minus 2: the lambda's own argument, and one borrowed reference
+        monkeypatch.setattr(sys, "getrefcount", lambda o: real(o) - 2)
     store = _filled_store(64)
     held = store.gather(np.arange(8))[0]
     view = store.gather(np.arange(8, 16))[0][2:5]  # the batch itself is dropped at once
@@ -404,3 +402,12 @@ def test_has_room_is_a_query_and_drain_the_action():
     study.drain()
     assert len(study.buffer) == 4 and not study._stash and study.buffer.closed
     assert not study.has_room()  # closed
+
+
+def test_the_lender_is_the_first_rank_that_has_something_and_only_when_needed():
+    from lightning_online._study import lender
+
+    assert lender(np.array([0, 1]), np.array([0, 0])) == 0  # rank 1 never served: rank 0 lends
+    assert lender(np.array([1, 1, 0]), np.array([0, 1, 0])) == 1
+    assert lender(np.array([0, 1]), np.array([0, 1])) is None  # drained ranks repeat their own
+    assert lender(np.array([1, 1]), np.array([0, 0])) is None  # nobody can lend: the study ends

@@ -34,7 +34,7 @@ class Borrowed(Callback):
 
     def on_train_end(self, trainer, pl_module):
         study = self.dm._study
-        self.borrowed = getattr(study, "borrowed", -1)
+        self.borrowed = study.borrowed
         self.local_completed = sum(
             1 for r in study.runs.values() if not r.validation and r.status == "completed"
         )
