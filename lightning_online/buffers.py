@@ -4,7 +4,9 @@ One receiver thread (producer) calls :meth:`Buffer.put` / :meth:`Buffer.has_room
 training loop (consumer) calls :meth:`Buffer.ready` / :meth:`Buffer.wait_ready` /
 :meth:`Buffer.get`. Memory is bounded by ``capacity``: when there is no room the producer
 blocks, which stops it receiving and so back-pressures the solver runs. No policy drops a
-sample that was never served (``stats()["evicted"]`` stays 0).
+sample that was never served: only a :class:`Reservoir` evicts, and only served samples, to make
+room for new ones (``stats()["evicted"]`` counts them; 0 for FIFO and FIRO, whose samples leave
+by being served).
 
 In a study the items are small integers, the indices of preallocated sample *slots*
 (``lightning_online._transport.store``): a policy decides which slots to serve, never copies a sample.
@@ -410,6 +412,7 @@ class Reservoir(Buffer):
             self._count.append(0)
             return
         pos = self._seen[int(self._rng.integers(len(self._seen)))]  # already served: no loss
+        self._evicted += 1
         self._release(self._items[pos])
         self._items[pos], self._count[pos] = item, 0
         self._move(pos, self._seen, self._fresh)

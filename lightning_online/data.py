@@ -47,7 +47,7 @@ from lightning_online._util.dist import Group
 from lightning_online._util.mpienv import check_mpi
 from lightning_online.buffers import Buffer, Reservoir
 from lightning_online.external.solver import ExternalSolver
-from lightning_online.sampling.samplers import Halton, ParameterSpace, Sampler, Uniform
+from lightning_online.sampling.samplers import ParameterSpace, Sampler, Uniform, validation_points
 
 log = logging.getLogger("lightning_online")
 
@@ -125,8 +125,10 @@ class OnlineDataModule(pl.LightningDataModule):
             ``FIRO`` or ``Reservoir``; default ``Reservoir(capacity=max(1024, 8 * batch_size))``).
         batch_size: samples per training batch.
         n_workers: solver runs in flight at a time, per training rank.
-        val_parameters: an int n (n Halton points of the box) or an ``(n, d)`` array; these runs
-            are simulated once before training and held in memory for validation.
+        val_parameters: an int n (n points of the box from a low-discrepancy sequence that no
+            sampler draws, :func:`~lightning_online.sampling.validation_points`, so that no
+            validation run is a training run) or an ``(n, d)`` array; these runs are simulated
+            once before training and held in memory for validation.
         val_batch_size: batch size of the validation loader (default ``batch_size``).
         val_loss_fn: elementwise loss ``(pred, target) -> tensor`` used for the per-simulation
             validation report (default: squared error).
@@ -134,7 +136,8 @@ class OnlineDataModule(pl.LightningDataModule):
             as failed (``None``: no limit). Time blocked by a full buffer does not count.
         max_retries: how often the parameters of a failed run are retried before being redrawn.
         max_failed_fraction: share of failed runs above which the study stops with an error that
-            lists the failures.
+            lists the failures, once at least ``MIN_FAILED_TO_STOP`` (3, in
+            ``lightning_online._study.ledger``) runs have failed over all ranks.
         poll_interval: longest sleep (seconds) of the receiver thread between two looks for
             messages; it polls faster while samples flow. Each wake costs the training thread
             the GIL, so shorter is not better.
@@ -410,7 +413,7 @@ class OnlineDataModule(pl.LightningDataModule):
         study, pool = self._study, self._pool
         assert study is not None and pool is not None
         if isinstance(self.val_parameters, int):
-            thetas = Halton(seed=0).draw(self.space, self.val_parameters)
+            thetas = validation_points(self.space, self.val_parameters)
         else:
             thetas = np.asarray(self.val_parameters)
         ids = study.queue_validation(thetas)

@@ -31,7 +31,7 @@ ROWS = {
     "dtype": "differ from the first step",
     "first_shape": "shape or dtype changed",
     "fewer": "yielded 2 of 6 announced time steps",
-    "none": "yielded no time step",
+    "none": "yielded no sample",
 }
 
 

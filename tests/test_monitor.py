@@ -191,7 +191,7 @@ def test_live_view_of_a_real_study(tmp_path, summary_log):
     assert summary["val_runs"] == 2 and summary["val_error_max"] >= summary["val_error_mean"]
     out = summary_log.text()
     assert out.count("online study summary") == 1
-    assert "failure" in out and "the solver yielded no time step" in out
+    assert "failure" in out and "the solver yielded no sample" in out
     log_dir = Path(logger.log_dir)
     assert json.loads((log_dir / "study_summary.json").read_text()) == summary
     assert (log_dir / "val_error_last.png").exists()

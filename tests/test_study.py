@@ -59,7 +59,9 @@ def test_grant_permits(remaining, held, room, expected):
         ([1, 0], [0, 0], [1, 1], False, 1, (0, False)),  # one waits: nobody serves
         ([1, 0], [0, 1], [1, 1], False, 1, (1, False)),  # a drained rank repeats its last batch
         ([0, 0], [1, 1], [1, 1], True, 1, (0, True)),  # complete and drained: stop together
-        ([1, 0], [0, 1], [1, 0], False, 1, (0, True)),  # drained with nothing to repeat: stop
+        # drained with nothing ever served (it received nothing): it borrows, the others go on
+        ([1, 0], [0, 1], [1, 0], False, 1, (1, False)),
+        ([0, 0], [1, 1], [0, 0], False, 1, (0, True)),  # nobody has anything: stop
         ([0, 0], [1, 1], [1, 1], False, 1, (1, False)),  # drained early, study goes on: repeat
         # agreeing once per k batches: as many as the poorest rank can promise, at most k
         ([5, 3], [0, 0], [0, 0], False, 4, (3, False)),

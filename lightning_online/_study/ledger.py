@@ -33,6 +33,7 @@ from lightning_online._util.dist import Group
 from lightning_online._wire.samples import (
     HEADER_BYTES,
     MAX_REASON,
+    NO_SAMPLE,
     cap_text,
     decode_sample,
     record_ids,
@@ -44,7 +45,15 @@ from lightning_online.sampling.steering import steered_rows
 
 log = logging.getLogger("lightning_online")
 
-__all__ = ["MAX_FAILURES", "Decision", "Run", "Study", "StudyError"]
+__all__ = [
+    "MAX_FAILURES",
+    "MIN_FAILED_TO_STOP",
+    "NO_SAMPLE",
+    "Decision",
+    "Run",
+    "Study",
+    "StudyError",
+]
 
 
 @dataclass
@@ -98,6 +107,11 @@ SAVED = tuple(name for name in COUNTERS if name != "running")
 #: Failed runs kept with their reasons per rank (and in a checkpoint), the most recent: a
 #: study of a million runs with a flaky solver must not carry every reason forever.
 MAX_FAILURES = 256
+#: The study never stops for ``max_failed_fraction`` before this many runs failed (over all
+#: ranks): one or two early failures of a fresh study are 100 % of what was launched so far, and
+#: must not end it. From this many on, ``failed > max_failed_fraction * launched`` stops it.
+MIN_FAILED_TO_STOP = 3
+
 #: What ranks also exchange at every sync to agree (not counters of the study).
 AGREEMENT = (
     "permits",
@@ -152,13 +166,29 @@ def serve_or_finish(
     """``(n, finish)``, the same on every rank: all ranks serve ``n`` batches before they agree
     again (``batches[r]``: how many rank r can serve in a row without new samples; a rank that
     has drained repeats its last batch), at most ``every``; n = 0 when one rank has none. All
-    stop together once the study is complete and every buffer is drained, or when a drained rank
-    has nothing to repeat."""
+    stop together once the study is complete and every buffer is drained, or when no rank has
+    anything to serve or repeat.
+
+    A rank drained before it ever served (it received nothing: the budget left went to other
+    ranks) neither holds the others up nor ends their study: it borrows its first batch from
+    another rank (:func:`lender`), then repeats it like any drained rank."""
     batches = np.asarray(batches, dtype=np.int64)
     exhausted, has_last = (np.asarray(v, dtype=bool) for v in (exhausted, has_last))
-    finish = bool((complete and exhausted.all()) or (exhausted & ~has_last).any())
-    can = np.where(exhausted & has_last, every, np.minimum(batches, every))
+    empty = exhausted & ~has_last
+    finish = bool((complete and exhausted.all()) or empty.all())
+    can = np.where(exhausted, every, np.minimum(batches, every))
     return (0 if finish else max(0, int(can.min()))), finish
+
+
+def lender(exhausted: np.ndarray, has_last: np.ndarray) -> int | None:
+    """The rank that lends its next batch to the ranks that have never served and never will
+    (drained with nothing to repeat): the first rank that has something; None if no rank needs
+    to borrow (or none can lend)."""
+    exhausted, has_last = (np.asarray(v, dtype=bool) for v in (exhausted, has_last))
+    empty = exhausted & ~has_last
+    if not empty.any() or empty.all():
+        return None
+    return int(np.flatnonzero(~empty)[0])
 
 
 def batches_per_agreement(sync_s: float, batch_s: float) -> int:
@@ -235,6 +265,10 @@ class Study:
         self._sync_end = 0.0
         self._granted_batches = 0
         self.every = 1
+        # The rank whose next batch every rank that has nothing borrows (the same on every
+        # rank; None: no one borrows), and how many batches this rank borrowed.
+        self._lender: int | None = None
+        self.borrowed = 0
         # What a resumed study inherits from its checkpoint (identical on every rank).
         self.base = Counters()
         self._restored_launched: list[tuple[float, np.ndarray]] = []
@@ -267,25 +301,30 @@ class Study:
             return sim_id, theta
 
     def has_room(self) -> bool:
-        """Whether a message of samples may be received now (receiver thread)."""
-        if self._stash and not self._drain_stash():
+        """Whether a message of samples may be received now (receiver thread; a query that
+        changes nothing: call :meth:`drain` first). Never while samples wait in the stash."""
+        if self._stash:
             return False
         store = self.store
         return self.buffer.has_room() and (not store.configured or store.n_free >= store.spare)
 
-    def _drain_stash(self) -> bool:
+    def drain(self) -> None:
+        """Move the samples waiting for room (the rest of a message) into the buffer, as far as
+        there is room, and close the buffer if its close waited for them (receiver thread,
+        before it asks :meth:`has_room`)."""
+        if not self._stash:
+            return
         with self._lock:
             if self.buffer.closed:
+                self.store.release(list(self._stash))
                 self._stash.clear()
-                return False
-            stash = list(self._stash)
-            added = self.buffer.put_many(stash)
+                return
+            added = self.buffer.put_many(list(self._stash))
             for _ in range(added):
                 self._stash.popleft()
             if not self._stash and self._close_pending:
                 self._close_pending = False
                 self.buffer.close()
-            return not self._stash
 
     def on_sample(self, blob: np.ndarray) -> None:
         """One sample in the ``_wire`` format (receiver thread; valid only during the call)."""
@@ -400,6 +439,8 @@ class Study:
             reason = cap_text(reason, 2 * MAX_REASON)  # a cause and a program's output tail
             if sim_id in self._rejected_sims:
                 ok, reason = False, self._rejected_sims.pop(sim_id)
+            elif ok and n_steps == 0:  # nothing to train on: a failure, on every path
+                ok, reason = False, NO_SAMPLE
             run.n_steps = n_steps
             if run.validation:
                 run.status, run.reason = ("completed" if ok else "failed"), reason
@@ -530,6 +571,7 @@ class Study:
         n, finish = serve_or_finish(
             col["batches"], col["exhausted"], col["has_last"], complete, every
         )
+        self._lender = lender(col["exhausted"], col["has_last"]) if n else None
         self.every = batches_per_agreement(self._sync_s, self._batch_s)
         self._granted_batches = n
         self._sync_end = time.perf_counter()
@@ -537,7 +579,7 @@ class Study:
 
     def _check_failures(self, tot: dict[str, int]) -> None:
         failed, launched = tot["failed"], max(1, tot["launched"])
-        if failed >= 3 and failed > self.max_failed_fraction * launched:
+        if failed >= MIN_FAILED_TO_STOP and failed > self.max_failed_fraction * launched:
             lines = [
                 f"  run {r.sim_id} (attempt {r.attempt + 1}) theta={np.array2string(r.theta, precision=6)}: "
                 + (r.reason.strip().splitlines()[0] if r.reason.strip() else "no reason")
@@ -567,12 +609,25 @@ class Study:
             return store.gather(idx, self.pin_memory), store.ids(idx)
 
         got = self.buffer.get(min(self.batch_size, self.buffer.capacity), gather=gather)
+        borrowed = None
+        if self._lender is not None:
+            # Collective (every rank serves the same batches): a rank that never received a
+            # sample borrows the lender's batch once, then repeats it as any drained rank.
+            lender, self._lender = self._lender, None
+            mine = got if got is not None else self._last
+            borrowed = self.group.broadcast_object(
+                mine if self.group.rank == lender else None, src=lender
+            )
         with self._lock:
             if got is not None:
                 self._last = got
                 self.count.samples_served += len(got[1][0])
+            elif self._last is None:  # nothing ever received: the lender's batch (once)
+                assert borrowed is not None
+                got = self._last = borrowed
+                self.borrowed += 1
+                self.count.samples_replayed += len(got[1][0])
             else:  # exhausted while others still serve: repeat the last batch (documented)
-                assert self._last is not None
                 got = self._last
                 self.count.samples_replayed += len(got[1][0])
         tensors, info = got

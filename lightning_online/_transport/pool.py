@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -46,7 +47,12 @@ class PoolHandler(Protocol):
 
     def next_task(self) -> tuple[int, np.ndarray] | None: ...
 
-    def has_room(self) -> bool: ...
+    def has_room(self) -> bool:
+        """Whether a message of samples may be received now: a query that changes nothing."""
+
+    def drain(self) -> None:
+        """Optional: move what waits for room into the buffer. The receiver calls it before it
+        asks :meth:`has_room` (a handler without it has nothing waiting)."""
 
     def on_sample(self, blob: np.ndarray) -> None:
         """One sample (``_wire`` format); ``blob`` is only valid during the call."""
@@ -100,6 +106,7 @@ class ReceiverPool:
         self.run_timeout = run_timeout
         self.poll_interval = poll_interval
         self.error: BaseException | None = None
+        self._drain: Callable[[], None] = getattr(handler, "drain", None) or (lambda: None)
         self._stop = threading.Event()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -233,6 +240,7 @@ class WorkerPool(ReceiverPool):
                 running[worker] = sim_id
             got = 0
             while got < 512 and not self._stop.is_set():
+                self._drain()  # what waits for room goes first; then ask
                 if handler.has_room():
                     found = comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
                 else:  # no room: only run reports, which free workers but add no sample
@@ -277,12 +285,12 @@ class WorkerPool(ReceiverPool):
                     sim_id = running.pop(source)
                     idle_workers.append(source)
                     try:
-                        got, ok, n_steps, seconds, reason = decode_end(buf)
+                        ended, ok, n_steps, seconds, reason = decode_end(buf)
                     except ValueError as exc:
-                        got, ok, n_steps, seconds = sim_id, False, 0, 0.0
+                        ended, ok, n_steps, seconds = sim_id, False, 0, 0.0
                         reason = f"the solver worker sent a malformed run report: {exc}"
-                    if got != sim_id:
-                        ok, reason = False, f"the solver worker reported the end of run {got}"
+                    if ended != sim_id:
+                        ok, reason = False, f"the solver worker reported the end of run {ended}"
                     handler.on_end(sim_id, ok, n_steps, seconds, reason)
                 elif tag == TAG_FATAL:
                     raise RuntimeError(f"solver worker {source} failed:\n{cap_text(buf)}")
@@ -330,5 +338,5 @@ class WorkerPool(ReceiverPool):
                 log.error("solver workers %s did not answer STOP; abandoning them", sorted(pending))
                 return
             comm.Disconnect()
-        except BaseException:  # pragma: no cover - best effort at exit
+        except Exception:  # best effort at exit; a Ctrl-C (KeyboardInterrupt) goes through
             log.exception("error while stopping the solver workers")

@@ -34,7 +34,7 @@ from typing import BinaryIO
 import numpy as np
 
 from lightning_online._wire.frames import REF, read_frame, write_frame
-from lightning_online._wire.samples import cap_text, check_step, encode_sample
+from lightning_online._wire.samples import NO_SAMPLE, cap_text, check_step, encode_sample
 
 RING_BYTES = 16 << 20  # per worker; samples above a quarter of it go through the pipe
 
@@ -181,7 +181,7 @@ def run(inp: BinaryIO, out: BinaryIO, ring: Ring | None = None) -> None:
                 n_steps += 1
             else:
                 if n_steps == 0:
-                    write_frame(out, b"E", b"the solver yielded no time step")
+                    write_frame(out, b"E", NO_SAMPLE.encode())
                 elif announced is not None and n_steps < announced:
                     msg = f"the solver yielded {n_steps} of {announced} announced time steps"
                     write_frame(out, b"E", msg.encode())

@@ -50,6 +50,9 @@ TAG_TASK, TAG_STOP, TAG_END, TAG_BYE, TAG_FATAL = range(11, 16)
 # A message of k samples (1 <= k <= COALESCE_SAMPLES) of equal size has tag TAG_SAMPLES + k.
 TAG_SAMPLES = 100
 TAG_SAMPLES_MAX = TAG_SAMPLES + COALESCE_SAMPLES
+#: Why a run that ended without error but sent no sample fails, on every path (a Python solver's
+#: sandbox, an external program, the study's ledger): it cannot train anything.
+NO_SAMPLE = "the solver yielded no sample"
 _HEAD = 4  # magic, sim_id, step, n_fields
 _FIELD = 2 + MAX_DIMS  # dtype code, ndim, shape[MAX_DIMS]
 

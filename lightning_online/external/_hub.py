@@ -44,7 +44,7 @@ import numpy as np
 from lightning_online._transport.runner import mpi_free_environ, signal_name
 from lightning_online._wire import tcp as proto
 from lightning_online._wire.frames import FrameReader, encode_frame
-from lightning_online._wire.samples import cap_text
+from lightning_online._wire.samples import NO_SAMPLE, cap_text
 from lightning_online._wire.tcp import ENV_ADDRESS, ENV_PARAMETERS, ENV_TOKEN
 from lightning_online.external._launchd import GRACE
 
@@ -771,7 +771,7 @@ class _Hub:
     def _all_closed(self, run: _Run) -> None:
         self._drop_conns(run)
         n = self.solver.n_steps
-        if n is not None and run.step < n:
+        if n is not None and 0 < run.step < n:  # no step at all: NO_SAMPLE, as on every path
             self._fail(run, f"the program yielded {run.step} of {n} announced time steps")
             return
         run.state = _CLOSED
@@ -781,7 +781,9 @@ class _Hub:
             run.exit_deadline = time.monotonic() + self.solver.exit_timeout
 
     def _complete(self, run: _Run) -> None:
-        if run.code == 0:
+        if run.code == 0 and run.step == 0:  # closed cleanly without a step: nothing to train on
+            self._done(run, False, NO_SAMPLE)
+        elif run.code == 0:
             self._done(run, True, "")
         else:
             self._fail(run, f"the program sent {run.step} steps, then failed")

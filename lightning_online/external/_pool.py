@@ -206,6 +206,7 @@ class ExternalPool(ReceiverPool):
                 hub.launch(int(sim_id), theta)
             self.max_in_flight = max(self.max_in_flight, hub.in_flight)
             # Without room nothing is read: look again soon. Otherwise events wake the thread.
+            self._drain()
             hub.poll(self.poll_interval if not handler.has_room() else 0.1)
 
     def _deliver(self, run: _Run, step: int, fields: tuple[np.ndarray, ...]) -> str | None:
@@ -236,8 +237,6 @@ class ExternalPool(ReceiverPool):
         return self._scratch[:nbytes]
 
     def _finished(self, run: _Run, ok: bool, reason: str) -> None:
-        if ok and run.step == 0:
-            ok, reason = False, "the program closed without sending a time step"
         assert self._hub is not None
         seconds = self._hub.busy(run, time.monotonic())
         self.handler.on_end(run.sim_id, ok, run.step, seconds, reason)

@@ -19,6 +19,7 @@ from lightning_online.sampling.samplers import (
     ParameterSpace,
     Sampler,
     Uniform,
+    validation_points,
 )
 from lightning_online.sampling.steering import (
     Breed,
@@ -38,4 +39,5 @@ __all__ = [
     "SimulationStats",
     "SteeredSampler",
     "Uniform",
+    "validation_points",
 ]

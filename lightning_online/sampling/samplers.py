@@ -18,7 +18,14 @@ from scipy.stats import qmc
 from lightning_online._util.checks import check_optional_int, refuse
 from lightning_online._util.seeds import derived_seed
 
-__all__ = ["Halton", "LatinHypercube", "ParameterSpace", "Sampler", "Uniform"]
+__all__ = [
+    "Halton",
+    "LatinHypercube",
+    "ParameterSpace",
+    "Sampler",
+    "Uniform",
+    "validation_points",
+]
 
 # scipy >= 1.15 names the QMC engines' random source ``rng`` (``seed`` is on its way out); we
 # always pass a Generator, which both spellings treat the same way.
@@ -385,3 +392,28 @@ class Halton(Sampler):
 
     def __repr__(self) -> str:
         return f"Halton(seed={self.seed!r}, scramble={self.scramble})"
+
+
+def _golden(d: int) -> float:
+    """The generalised golden ratio of dimension d: the positive root of x^(d+1) = x + 1."""
+    x = 2.0
+    for _ in range(64):  # Newton's iteration; converges from 2 for every d
+        x -= (x ** (d + 1) - x - 1) / ((d + 1) * x**d - 1)
+    return x
+
+
+def validation_points(space: ParameterSpace, n: int) -> np.ndarray:
+    """``n`` validation points of ``space``: points 1..n of the R_d Kronecker sequence
+    (``frac(0.5 + k * alpha)`` with ``alpha_i = phi_d^-i``, phi_d the generalised golden ratio;
+    Roberts 2018), mapped into the box like any draw.
+
+    Deterministic and space-filling (low discrepancy), and no :class:`Sampler` of this package
+    draws these points, whatever its seed: Halton and Latin hypercube points are rationals with
+    small denominators before rounding, uniform draws are random, while ``k * alpha`` is
+    irrational. So a study never validates on a run it trained on (``val_parameters=n``)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"validation_points: n must be an int >= 0, got {n!r}")
+    d = space.dim
+    alpha = _golden(d) ** -np.arange(1, d + 1, dtype=np.float64)
+    k = np.arange(1, int(n) + 1, dtype=np.float64)[:, None]
+    return space.from_unit(np.mod(0.5 + k * alpha, 1.0))

@@ -15,8 +15,14 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from lightning_online._wire.samples import TAG_BYE, TAG_END, TAG_SAMPLES, TAG_STOP, TAG_TASK
-from lightning_online._wire.samples import encode_end
+from lightning_online._wire.samples import (
+    TAG_BYE,
+    TAG_END,
+    TAG_SAMPLES,
+    TAG_STOP,
+    TAG_TASK,
+    encode_end,
+)
 
 
 def main() -> None:
