@@ -596,10 +596,26 @@ class OnlineDataModule(pl.LightningDataModule):
         with ``resume="relaxed"`` the differences are logged and the saved state is taken."""
         if self._study is not None:  # fit: a study is about to start from this checkpoint
             self._check_resume(state_dict)
-        self.sampler.load_state_dict(state_dict["sampler"])
+        saved = state_dict["sampler"]
+        other_kind = saved.get("kind") != type(self.sampler).__name__
+        if other_kind and self.resume == "relaxed":
+            pending = len(state_dict.get("study", {}).get("pending", []))
+            log.warning(
+                "resume='relaxed' with a sampler of another kind: the saved %s sampler state is "
+                "dropped, and so are the %d parameters it had drawn and not launched; this %s "
+                "sampler draws the study's new runs",
+                saved.get("kind"),
+                pending,
+                type(self.sampler).__name__,
+            )
+        else:
+            self.sampler.load_state_dict(saved)
         self.refresh_parameters()
         if "study" in state_dict and self._study is not None:
-            self._study.restore(self._fit_state(state_dict["study"]))
+            study = self._fit_state(state_dict["study"])
+            if other_kind:
+                study["pending"] = []
+            self._study.restore(study)
 
     def _check_resume(self, state: dict[str, Any]) -> None:
         relaxed = self.resume == "relaxed"
