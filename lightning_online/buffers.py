@@ -108,6 +108,17 @@ class Buffer(abc.ABC):
         which makes a resumed study rerun no completed run for its unserved samples)."""
         return []
 
+    def _contents(self) -> tuple[list[Any], list[int]]:
+        """Every held item in the policy's order and how often each was served (lock held);
+        the default, for a policy that does not say: its never-served items."""
+        items = list(self._unserved_items())
+        return items, [0] * len(items)
+
+    def _restore(self, item: Any, count: int) -> None:
+        """Put back ``item`` as a checkpoint held it, served ``count`` times (lock held, there
+        is room); policies that keep served items override it to keep the count."""
+        self._add(item)
+
     def _free(self) -> int:
         """How many puts would succeed now (lock held); policies override it when they know."""
         return 1 if self._room() else 0
@@ -281,6 +292,28 @@ class Buffer(abc.ABC):
         with self._cond:
             return list(self._unserved_items())
 
+    def contents(self) -> tuple[list[Any], list[int]]:
+        """Every held item, in the policy's order (FIFO: arrival order), and how often each was
+        served: what a checkpoint saves of the buffer (training thread)."""
+        with self._cond:
+            items, counts = self._contents()
+            return list(items), list(counts)
+
+    def restore(self, items: list[Any], counts: list[int]) -> int:
+        """Put back what :meth:`contents` returned, in order, with the served counts, as far as
+        the capacity allows (no item is overwritten); returns how many were put back (training
+        thread, before the stream of a resumed study starts)."""
+        with self._cond:
+            added = 0
+            for item, count in zip(items, counts, strict=True):
+                if self._size() >= self.capacity:
+                    break
+                self._restore(item, int(count))
+                added += 1
+            self._received += added
+            self._cond.notify_all()
+            return added
+
     def served_counts(self) -> np.ndarray:
         """Served counter of each held item (order unspecified)."""
         with self._cond:
@@ -325,6 +358,9 @@ class _Consuming(Buffer):
 
     def _counts(self) -> list[int]:
         return [0] * len(self._items)
+
+    def _contents(self) -> tuple[list[Any], list[int]]:
+        return list(self._items), [0] * len(self._items)
 
     def _unserved_items(self) -> list[Any]:
         return list(self._items)
@@ -433,6 +469,18 @@ class Reservoir(Buffer):
 
     def _counts(self) -> list[int]:
         return list(self._count)
+
+    def _contents(self) -> tuple[list[Any], list[int]]:
+        return list(self._items), list(self._count)
+
+    def _restore(self, item: Any, count: int) -> None:
+        self._add(item)  # room left: appended, never served
+        if count > 0:
+            pos = len(self._items) - 1
+            self._count[pos] = count
+            self._move(pos, self._fresh, self._seen)
+            self._served += count
+            self._unique += 1
 
     def _unserved_items(self) -> list[Any]:
         return [self._items[p] for p in self._fresh]

@@ -148,7 +148,15 @@ class OnlineDataModule(pl.LightningDataModule):
             ``"strict"`` (default) refuses a checkpoint whose study differs from this one
             (parameter space, budget, sampler, buffer, solver), naming each difference, before
             any run starts; ``"relaxed"`` resumes anyway and logs the differences (the saved
-            sampler state then replaces this one's).
+            sampler state then replaces this one's; a sampler of another kind starts afresh, and
+            the saved sampler state and the parameters it had drawn are dropped, as logged).
+        checkpoint_buffer: whether checkpoints carry what each rank's buffer still holds and the
+            batches Lightning had fetched but not trained on (at most the buffer's capacity plus
+            a few batches of samples per rank), so that a resumed study serves them and runs no
+            completed run again. ``False`` keeps checkpoints small: a completed run with samples
+            training had not seen is then recorded as unfinished and simulated again, whole, on
+            resume (nothing is lost, but its compute is spent twice). See
+            docs/fault-tolerance.md for what it costs in checkpoint size.
     """
 
     def __init__(
@@ -170,6 +178,7 @@ class OnlineDataModule(pl.LightningDataModule):
         poll_interval: float = 5e-3,
         pin_memory: bool | None = None,
         resume: str = "strict",
+        checkpoint_buffer: bool = True,
     ) -> None:
         super().__init__()
         if not callable(solver):
@@ -223,6 +232,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self.poll_interval = check_real(poll_interval, "poll_interval", minimum=1e-5, maximum=1.0)
         self.pin_memory = check_choice(pin_memory, "pin_memory", (True, False, None))
         self.resume = check_choice(resume, "resume", ("strict", "relaxed"))
+        self.checkpoint_buffer = check_choice(checkpoint_buffer, "checkpoint_buffer", (True, False))
         if isinstance(solver, ExternalSolver):
             solver.check_dim(space.dim)
 
@@ -243,6 +253,8 @@ class OnlineDataModule(pl.LightningDataModule):
         # The study's state when fit ended, for a checkpoint saved afterwards (or why none).
         self._final: dict[str, Any] | None = None
         self._final_missing = ""
+        # The Trainer's count of processed batches when the stream was first served.
+        self._batch_base: int | None = None
 
     def _check_val(
         self, val: int | list[list[float]] | np.ndarray | None
@@ -337,8 +349,11 @@ class OnlineDataModule(pl.LightningDataModule):
     def theta_of(self, sim_ids: np.ndarray) -> np.ndarray:
         """Parameters of the given runs of this rank, ``(len(sim_ids), d)``."""
         assert self._study is not None
-        runs = self._study.runs
-        return np.stack([runs[int(i)].theta for i in sim_ids])
+        runs, restored = self._study.runs, self._study.restored_thetas
+        # a run of an earlier session, whose samples a checkpoint carried, is known by its theta
+        return np.stack(
+            [runs[int(i)].theta if int(i) in runs else restored[int(i)] for i in sim_ids]
+        )
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
@@ -363,6 +378,7 @@ class OnlineDataModule(pl.LightningDataModule):
             )
         self._final = None
         self._final_missing = ""
+        self._batch_base = None
         # Identical sampler state on every rank: parameters are drawn redundantly and sliced.
         self.sampler.load_state_dict(group.broadcast_object(self.sampler.state_dict()))
         # A new, empty buffer of the same kind and seed for every study (a used one would keep
@@ -386,6 +402,7 @@ class OnlineDataModule(pl.LightningDataModule):
                 "leave pin_memory=None to pin only when a GPU is there"
             )
         self._study.pin_memory = pin
+        self._study.keep_buffer = self.checkpoint_buffer
         pool: type[ReceiverPool]
         if isinstance(self.solver, ExternalSolver):
             from lightning_online.external._pool import ExternalPool
@@ -570,7 +587,7 @@ class OnlineDataModule(pl.LightningDataModule):
             )
             state["study_missing"] = why
             return state
-        state["study"] = self._study.export()
+        state["study"] = self._study.export(self._trained_batches())
         return state
 
     def fingerprint(self) -> dict[str, Any]:
@@ -604,10 +621,26 @@ class OnlineDataModule(pl.LightningDataModule):
         with ``resume="relaxed"`` the differences are logged and the saved state is taken."""
         if self._study is not None:  # fit: a study is about to start from this checkpoint
             self._check_resume(state_dict)
-        self.sampler.load_state_dict(state_dict["sampler"])
+        saved = state_dict["sampler"]
+        other_kind = saved.get("kind") != type(self.sampler).__name__
+        if other_kind and self.resume == "relaxed":
+            pending = len(state_dict.get("study", {}).get("pending", []))
+            log.warning(
+                "resume='relaxed' with a sampler of another kind: the saved %s sampler state is "
+                "dropped, and so are the %d parameters it had drawn and not launched; this %s "
+                "sampler draws the study's new runs",
+                saved.get("kind"),
+                pending,
+                type(self.sampler).__name__,
+            )
+        else:
+            self.sampler.load_state_dict(saved)
         self.refresh_parameters()
         if "study" in state_dict and self._study is not None:
-            self._study.restore(self._fit_state(state_dict["study"]))
+            study = self._fit_state(state_dict["study"])
+            if other_kind:
+                study["pending"] = []
+            self._study.restore(study)
 
     def _check_resume(self, state: dict[str, Any]) -> None:
         relaxed = self.resume == "relaxed"
@@ -665,6 +698,8 @@ class OnlineDataModule(pl.LightningDataModule):
         study, pool, group = self._study, self._pool, self._group
         assert study is not None and pool is not None and group is not None
         wait = 0.02 if group.size > 1 else 0.1
+        study.start_serving()
+        self._batch_base = self._processed()
         while True:
             decision = study.sync(error=pool.error is not None or not pool.alive)
             self._stats = decision.stats
@@ -682,9 +717,24 @@ class OnlineDataModule(pl.LightningDataModule):
                 return
             if decision.batches:  # every rank serves as many before the next agreement
                 for _ in range(decision.batches):
+                    study.consumed(self._trained_batches())
                     yield study.take()
             else:
                 study.buffer.wait_ready(min(self.batch_size, study.buffer.capacity), wait)
+
+    def _trained_batches(self) -> int | None:
+        """How many batches training has run a step on since this pass over the stream began
+        (read from the Trainer's progress; None without a Trainer): the batches handed out after
+        those were fetched ahead and not trained on, and a checkpoint keeps them."""
+        done, base = self._processed(), self._batch_base
+        return None if done is None or base is None else done - base
+
+    def _processed(self) -> int | None:
+        try:
+            progress = self.trainer.fit_loop.epoch_loop.batch_progress  # type: ignore[union-attr]
+            return int(progress.total.processed)  # type: ignore[union-attr]
+        except (AttributeError, RuntimeError):
+            return None
 
     def _stop(self) -> None:
         if self._pool is not None:
@@ -711,7 +761,7 @@ class OnlineDataModule(pl.LightningDataModule):
         if group is not None and (collective or group.size == 1):
             # A checkpoint saved after fit returns continues the study (collective: every
             # rank is here); after an exception under DDP none can, and it says so.
-            self._final = study.export()
+            self._final = study.export(self._trained_batches())
         else:
             self._final_missing = "fit ended with an exception under DDP"
         if collective and group is not None and group.size > 1:
@@ -811,6 +861,7 @@ def _study_hparams(dm: OnlineDataModule) -> dict[str, Any]:
         "max_retries": dm.max_retries,
         "max_failed_fraction": dm.max_failed_fraction,
         "pin_memory": dm.pin_memory,
+        "checkpoint_buffer": dm.checkpoint_buffer,
     }
 
 

@@ -112,7 +112,9 @@ def test_checkpoint_resume_continues_the_distribution(tmp_path):
     path = tmp_path / "epoch=0-step=12.ckpt"
     assert path.exists(), list(tmp_path.iterdir())
     saved = torch.load(path, weights_only=False)
-    state = next(v for k, v in saved["callbacks"].items() if k.startswith("ActiveSampling"))
+    own = next(v for k, v in saved["callbacks"].items() if k.startswith("ActiveSampling"))
+    assert "sampler" not in own  # the sampler's state is the DataModule's, saved once
+    state = saved["OnlineDataModule"]
     assert state["sampler"]["generation"] == breed.generation >= 3
 
     seen = {}

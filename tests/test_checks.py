@@ -123,6 +123,10 @@ TABLE = [
     ),
     (lambda: datamodule(pin_memory=1), "pin_memory must be one of True, False, None, got 1"),
     (lambda: datamodule(resume="loose"), "resume must be one of 'strict', 'relaxed', got 'loose'"),
+    (
+        lambda: datamodule(checkpoint_buffer="yes"),
+        "checkpoint_buffer must be one of True, False, got 'yes'",
+    ),
     # ParameterSpace
     (
         lambda: ParameterSpace([0, 0, 0], [1, 1, 1], names="xyz"),

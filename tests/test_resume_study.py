@@ -1,7 +1,7 @@
 """Resume only what matches and lose nothing completed: a checkpoint holds the study whenever it
 is saved (after ``fit`` returns too), carries a fingerprint of the study that a resume checks
-before any run starts, keeps drawn-but-unlaunched parameters, and reruns completed runs whose
-samples were never served. Late failures are counted so that ``dm.stats`` adds up."""
+before any run starts, keeps drawn-but-unlaunched parameters and what the buffer holds (or,
+without it, reruns completed runs whose samples were never served). Late failures are counted so that ``dm.stats`` adds up."""
 
 from __future__ import annotations
 
@@ -166,9 +166,15 @@ def _run(study: Study, steps: int) -> int:
     return sim_id
 
 
+@pytest.mark.parametrize("keep_buffer", [True, False])
 @pytest.mark.parametrize("buffer", [FIFO(16, watermark=2), Reservoir(16, watermark=2)])
-def test_completed_runs_with_unserved_samples_and_drawn_parameters_are_not_lost(buffer):
+def test_completed_runs_with_unserved_samples_and_drawn_parameters_are_not_lost(
+    buffer, keep_buffer
+):
+    """With the buffer in the checkpoint (the default) a completed run with unserved samples
+    stays completed and its samples are restored; without it, the run runs again."""
     study = _study(buffer)
+    study.keep_buffer = keep_buffer
     study.sync()  # permits and drawn parameters
     served = _run(study, 2)
     study.on_end(served, True, 2, 0.1, "")
@@ -178,18 +184,26 @@ def test_completed_runs_with_unserved_samples_and_drawn_parameters_are_not_lost(
     study.on_end(unserved, True, 3, 0.1, "")
     running = _run(study, 1)
     pending = [t.tolist() for t, _ in study._pending]
-    state = study.export()
-    assert [i for i, _ in state["completed"]] == [served]
-    assert state["counters"]["completed"] == 1 and state["rerun"] == 1
+    state = study.export(consumed=study._taken)  # every batch served was trained on
     unfinished = [t for t, _ in state["unfinished"]]
-    assert study.runs[unserved].theta.tolist() in unfinished  # its samples were never trained on
     assert study.runs[running].theta.tolist() in unfinished
     assert [t for t, _ in state["pending"]] == pending and pending  # drawn, not launched: kept
-
     again = _study(type(buffer)(16, watermark=2))
     again.restore(state)
     assert [t.tolist() for t, _ in again._pending] == pending
-    assert len(again._retry) == 2
+    if keep_buffer:
+        assert [i for i, _ in state["completed"]] == [served, unserved]
+        assert state["counters"]["completed"] == 2 and state["rerun"] == 0
+        assert len(again._retry) == 1
+        held = again.store.ids(np.asarray(again.buffer.unserved_items()))
+        assert sorted(zip(*(a.tolist() for a in held), strict=True)) == [
+            (unserved, k) for k in range(3)
+        ]  # the samples training had not seen; not the running run's (it runs again)
+    else:
+        assert [i for i, _ in state["completed"]] == [served]
+        assert state["counters"]["completed"] == 1 and state["rerun"] == 1
+        assert study.runs[unserved].theta.tolist() in unfinished  # never trained on: reruns
+        assert len(again._retry) == 2 and len(again.buffer) == 0
 
 
 @pytest.mark.usefixtures("no_orphans")

@@ -21,14 +21,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from lightning_online._transport.store import TRIM_EVERY, SlotStore, trim_heap
+from lightning_online._transport.store import TRIM_EVERY, SlotStore, fields_of, trim_heap
 from lightning_online._util.dist import Group
 from lightning_online._wire.samples import (
     HEADER_BYTES,
@@ -255,6 +255,22 @@ class Study:
         self.failures: deque[Run] = deque(maxlen=MAX_FAILURES)  # the most recent
         self._last: tuple[list[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None
         self._taken = 0
+        # Whether a checkpoint carries the buffer's contents (OnlineDataModule's
+        # checkpoint_buffer); without, completed runs with samples not trained on run again.
+        self.keep_buffer = True
+        # Batches handed to training and maybe not trained on yet (Lightning fetches ahead):
+        # (number, tensors, ids, bare, repeated), trimmed by consumed(); and batches restored
+        # from a checkpoint (taken but not trained on, or beyond the buffer's capacity), which
+        # are served before anything else.
+        self._taken_base = 0
+        self._unconsumed: deque[
+            tuple[int, list[torch.Tensor], tuple[np.ndarray, np.ndarray], bool, bool]
+        ] = deque()
+        self._replay: deque[tuple[list[torch.Tensor], tuple[np.ndarray, np.ndarray], bool]] = (
+            deque()
+        )
+        # Parameters of earlier sessions' runs whose samples a checkpoint carried.
+        self.restored_thetas: dict[int, np.ndarray] = {}
         # Bounded: without a consumer (no steering callback) it must not grow with the stream.
         self.batch_info: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=64)
         self.stats: dict[str, float] = {}
@@ -473,15 +489,16 @@ class Study:
     def _snapshot(self, error: bool) -> np.ndarray:
         b, n = self.buffer, self.batch_size
         with self._lock:
-            ready = b.ready(min(n, b.capacity))
+            replay = len(self._replay)  # restored batches are served first
+            ready = b.ready(min(n, b.capacity)) or replay > 0
             agreement = [
                 self.permits,
                 len(self._pending),
                 len(self._retry),
                 ready,
-                b.ready_batches(min(n, b.capacity), MAX_EVERY),
+                min(MAX_EVERY, replay + b.ready_batches(min(n, b.capacity), MAX_EVERY)),
                 self.every,
-                b.exhausted,
+                b.exhausted and not replay,
                 self._last is not None,
                 len(b),
                 b.stats()["unique_served"],
@@ -608,7 +625,14 @@ class Study:
             idx = np.asarray(items, dtype=np.int64)
             return store.gather(idx, self.pin_memory), store.ids(idx)
 
-        got = self.buffer.get(min(self.batch_size, self.buffer.capacity), gather=gather)
+        repeated, bare = False, store.bare
+        with self._lock:
+            restored = self._replay.popleft() if self._replay else None
+        got: tuple[list[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None
+        if restored is not None:
+            got, bare = (restored[0], restored[1]), restored[2]
+        else:
+            got = self.buffer.get(min(self.batch_size, self.buffer.capacity), gather=gather)
         borrowed = None
         if self._lender is not None:
             # Collective (every rank serves the same batches): a rank that never received a
@@ -629,13 +653,36 @@ class Study:
                 self.count.samples_replayed += len(got[1][0])
             else:  # exhausted while others still serve: repeat the last batch (documented)
                 got = self._last
+                repeated = True
                 self.count.samples_replayed += len(got[1][0])
-        tensors, info = got
+            tensors, info = got
+            self._taken += 1
+            self._unconsumed.append((self._taken, tensors, info, bare, repeated))
         self.batch_info.append(info)
-        self._taken += 1
         if self._taken % TRIM_EVERY == 0:
             trim_heap()  # memory stays flat over a long stream (see trim_heap)
-        return tensors[0] if store.bare else tensors
+        return tensors[0] if bare else tensors
+
+    def start_serving(self) -> None:
+        """A new pass over the stream begins (training thread): batches handed to an earlier
+        pass and not trained on are served again first."""
+        with self._lock:
+            back = [(t, info, bare) for _, t, info, bare, rep in self._unconsumed if not rep]
+            self._unconsumed.clear()
+            self._replay.extendleft(reversed(back))
+            self._taken_base = self._taken
+
+    def consumed(self, n: int | None) -> None:
+        """Training has trained on ``n`` batches of this pass (None: unknown): the batches
+        handed before are no longer kept for a checkpoint (training thread)."""
+        with self._lock:
+            q = self._unconsumed
+            if n is None:  # nobody says: keep the last few, as many as a loader fetches ahead
+                while len(q) > 4:
+                    q.popleft()
+                return
+            while q and q[0][0] <= self._taken_base + n:
+                q.popleft()
 
     # ------------------------------------------------------------------ validation runs
     def queue_validation(self, thetas: np.ndarray) -> list[int]:
@@ -667,27 +714,88 @@ class Study:
         return self._restored_launched + own
 
     # ------------------------------------------------------------------ checkpoints
-    def _unserved_runs(self) -> set[int]:
-        """Runs with samples in this rank's buffer (or waiting for room) never served (lock
-        held): a checkpoint counts such a completed run as unfinished, so that a resume runs
-        it again instead of losing what training had not seen of it."""
+    def _unserved_runs(self, fetched: list[tuple[np.ndarray, np.ndarray]]) -> set[int]:
+        """Runs with samples in this rank's buffer (or waiting for room) never served, or in
+        batches handed to training but not trained on (lock held): without the buffer in the
+        checkpoint, such a completed run is recorded as unfinished, so that a resume runs it
+        again instead of losing what training had not seen of it."""
+        sims = {int(i) for ids, _ in fetched for i in ids}
         items = [*self.buffer.unserved_items(), *self._stash]
         if not items or not self.store.configured:
-            return set()
-        return set(self.store.ids(np.asarray(items, dtype=np.int64))[0].tolist())
+            return sims
+        return sims | set(self.store.ids(np.asarray(items, dtype=np.int64))[0].tolist())
 
-    def export(self) -> dict[str, Any]:
-        """The whole study's state, identical on every rank (collective: every rank calls it).
+    def _held(self, fetched: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, list[int]]:
+        """What this rank's buffer holds (then what waits for room), as ``_wire`` rows, and how
+        often each was served (lock held). Samples of runs not over are left out: those runs
+        run again whole. A policy that keeps served samples counts the batches not trained on
+        as not served."""
+        store = self.store
+        items, counts = self.buffer.contents()
+        items, counts = items + list(self._stash), counts + [0] * len(self._stash)
+        if not items or not store.configured:
+            return np.zeros((0, store.size), dtype=np.uint8), []
+        sims, steps = store.ids(np.asarray(items, dtype=np.int64))
+        untrained = Counter(
+            (int(i), int(k)) for ids, ks in fetched for i, k in zip(ids, ks, strict=True)
+        )
+        keep, kept_counts = [], []
+        for item, count, sim, step in zip(
+            items, counts, sims.tolist(), steps.tolist(), strict=True
+        ):
+            run = self.runs.get(sim)
+            if run is not None and run.status not in ("completed", "failed"):
+                continue
+            if count and untrained[sim, step]:
+                untrained[sim, step] -= 1
+                count -= 1
+            keep.append(item)
+            kept_counts.append(count)
+        return store.rows(keep), kept_counts
 
-        Completed runs are recorded so a resumed study never runs them again, unless samples
-        of theirs were never served (they are still in a buffer: nothing completed is lost,
-        the run is recorded as unfinished and run again); runs in flight, stopped or waiting
-        for a retry are recorded as unfinished and relaunched with the same parameters;
-        parameters drawn but not launched yet are kept in their order.
+    def _theta(self, sim_id: int) -> list[float]:
+        run = self.runs.get(sim_id)
+        theta = run.theta if run is not None else self.restored_thetas[sim_id]
+        return [float(v) for v in theta]
+
+    def export(self, consumed: int | None = None) -> dict[str, Any]:
+        """The whole study's state, identical on every rank (collective: every rank calls it);
+        ``consumed``: how many batches of this pass training has trained on (None: unknown).
+
+        Completed runs are recorded so a resumed study never runs them again; what the buffer
+        of each rank still holds (bounded by its capacity) and the batches handed to training
+        but not trained on yet are saved with them, and served first by the resumed study
+        (``keep_buffer``; without it, a completed run with samples training has not seen is
+        recorded as unfinished and runs again). Runs in flight, stopped or waiting for a retry
+        are recorded as unfinished and relaunched with the same parameters; parameters drawn
+        but not launched yet are kept in their order.
         """
+        self.consumed(consumed)
         with self._lock:
-            unserved = self._unserved_runs()
+            batches = [(t, info, bare) for _, t, info, bare, rep in self._unconsumed if not rep]
+            batches += list(self._replay)
+            fetched = [info for _, info, _ in batches]
+            unserved = set() if self.keep_buffer else self._unserved_runs(fetched)
             own = [r for r in self.runs.values() if not r.validation]
+            rows, counts = self._held(fetched) if self.keep_buffer else (None, [])
+            if not self.keep_buffer:
+                batches = []
+            held_sims = {int(i) for _, (ids, _), _ in batches for i in ids}
+            if rows is not None and len(rows):
+                held_sims |= set(np.ascontiguousarray(rows[:, 8:16]).view(np.int64)[:, 0].tolist())
+            buffer = {
+                "rows": torch.from_numpy(
+                    rows if rows is not None else np.zeros((0, 0), dtype=np.uint8)
+                ),
+                "counts": counts,
+                "batches": [
+                    ([t.clone() for t in ts], ids.tolist(), ks.tolist(), bare)
+                    for ts, (ids, ks), bare in batches
+                ],
+            }
+            counters = {name: getattr(self.count, name) for name in SAVED}
+            # batches handed out but not trained on are served again by the resumed study
+            counters["samples_served"] -= sum(len(ids) for ids, _ in fetched)
             local = {
                 "completed": [
                     (r.sim_id, r.theta.tolist())
@@ -708,7 +816,9 @@ class Study:
                 ],
                 "launched": [(t, th.tolist()) for t, th in self.launched_parameters()],
                 "max_id": max(self.runs, default=-1),
-                "counters": {name: getattr(self.count, name) for name in SAVED},
+                "counters": counters,
+                "buffer": buffer,
+                "thetas": {i: self._theta(i) for i in sorted(held_sims)},
             }
         parts = self.group.all_gather_object(local)
         merged: dict[str, Any] = {"completed": [], "unfinished": [], "failures": [], "pending": []}
@@ -717,6 +827,9 @@ class Study:
                 merged[key].extend(p[key])
         merged["completed"].sort()
         merged["rerun"] = sum(p["rerun"] for p in parts)
+        # what each rank's buffer holds, in rank order; the parameters of the runs it is from
+        merged["buffers"] = [p["buffer"] for p in parts]
+        merged["thetas"] = {i: th for p in parts for i, th in p["thetas"].items()}
         # launched parameters from earlier sessions appear once (every rank holds them)
         launched = {(t, tuple(th)) for p in parts for t, th in p["launched"]}
         merged["launched"] = [(t, list(th)) for t, th in sorted(launched)]
@@ -725,7 +838,7 @@ class Study:
             k: getattr(self.base, k) + sum(p["counters"].get(k, 0) for p in parts) for k in SAVED
         }
         # completed runs are counted from the ledger (a run in flight at the save is not, nor
-        # is a completed run whose samples were not all served: it runs again)
+        # is a completed run recorded as unfinished: it runs again)
         counters["completed"] = self.base.completed + len(merged["completed"])
         merged["counters"] = counters
         merged["completed"] = self.restored_completed + merged["completed"]
@@ -755,3 +868,51 @@ class Study:
                 (i, t, a, cap_text(str(r), 2 * MAX_REASON))
                 for i, t, a, r in state["failures"][-MAX_FAILURES:]
             ]
+            self.restored_thetas.update(
+                {
+                    int(i): np.asarray(t, dtype=np.float64)
+                    for i, t in state.get("thetas", {}).items()
+                }
+            )
+            self._restore_buffer(state.get("buffers", []))
+
+    def _restore_buffer(self, buffers: list[dict[str, Any]]) -> None:
+        """Each rank takes back what its buffer held (lock held); saved by another number of
+        ranks, the samples and batches are spread over the ranks. What does not fit in the
+        buffer is served first, in batches, with the batches that were not trained on."""
+        rank, size = self.group.rank, self.group.size
+        parts = [b for b in buffers if len(b["rows"]) or b["batches"]]
+        if not parts:
+            return
+        if len(buffers) == size:
+            parts = [buffers[rank]]
+        rows_list = [np.asarray(b["rows"].numpy(), dtype=np.uint8) for b in parts if len(b["rows"])]
+        counts = [int(c) for b in parts if len(b["rows"]) for c in b["counts"]]
+        batches = [x for b in parts for x in b["batches"]]
+        rows = np.concatenate(rows_list) if rows_list else np.zeros((0, 0), dtype=np.uint8)
+        if len(buffers) != size:
+            rows, counts, batches = rows[rank::size], counts[rank::size], batches[rank::size]
+        for tensors, ids, steps, bare in batches:
+            ts = [t.pin_memory() if self.pin_memory else t for t in tensors]
+            info = (np.asarray(ids, dtype=np.int64), np.asarray(steps, dtype=np.int64))
+            self._replay.append((ts, info, bool(bare)))
+        if not len(rows):
+            return
+        store = self.store
+        if not store.configured:
+            store.configure(rows[0])
+        if rows.shape[1] != store.size:
+            log.warning(
+                "the checkpoint's %d buffered samples are of another size: dropped", len(rows)
+            )
+            return
+        n = min(len(rows), self.buffer.capacity - len(self.buffer))
+        slots = store.write(rows[:n]) if n else []
+        added = self.buffer.restore(slots, counts[:n])
+        store.release(slots[added:])
+        rest = rows[added:]
+        for i in range(0, len(rest), self.batch_size):  # beyond the capacity: served first
+            ts, info, bare = fields_of(rest[i : i + self.batch_size])
+            self._replay.append(
+                ([t.pin_memory() if self.pin_memory else t for t in ts], info, bare)
+            )

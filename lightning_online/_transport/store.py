@@ -37,7 +37,7 @@ from lightning_online._wire.samples import (
     signature,
 )
 
-__all__ = ["SlotStore"]
+__all__ = ["SlotStore", "fields_of"]
 
 
 def _pad(n: int, k: int = 16) -> int:
@@ -109,6 +109,23 @@ class _BatchPool:
         view = self.arrays[arr].view()
         weakref.finalize(view, self._free.append, arr)
         return torch.from_numpy(view)
+
+
+def fields_of(rows: np.ndarray) -> tuple[list[torch.Tensor], tuple[np.ndarray, np.ndarray], bool]:
+    """A batch made from ``(k, size)`` samples in the ``_wire`` format, all of one signature:
+    each field stacked (fresh memory), their simulation ids and steps, and whether the samples
+    are bare (one field, served as a tensor rather than a list)."""
+    header, fields = read_header(rows[0])
+    out = [
+        torch.from_numpy(
+            np.ascontiguousarray(rows[:, f.offset : f.offset + f.nbytes])
+            .view(f.dtype)
+            .reshape(len(rows), *f.shape)
+        )
+        for f in fields
+    ]
+    head = np.ascontiguousarray(rows[:, 8:24]).view(np.int64)
+    return out, (head[:, 0].copy(), head[:, 1].copy()), bool(header[0] == MAGIC_BARE)
 
 
 class SlotStore:
@@ -233,6 +250,13 @@ class SlotStore:
         self._free.extend(idx)
 
     # ------------------------------------------------------------------ training thread
+    def rows(self, idx: list[int]) -> np.ndarray:
+        """A copy of the samples in slots ``idx``, ``(len(idx), size)`` uint8 in the ``_wire``
+        format (what a checkpoint saves of the buffer)."""
+        if self.mem is None or not idx:
+            return np.zeros((0, self.size), dtype=np.uint8)
+        return self.mem[np.asarray(idx, dtype=np.int64), : self.size].copy()
+
     def ids(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Simulation ids and time steps of the samples in slots ``idx``."""
         assert self.mem is not None

@@ -119,6 +119,10 @@ class ActiveSampling(Callback):
                 f"trainer.fit(model, datamodule=...), got {type(dm).__name__}"
             )
         self._dm = dm
+        # A new fit: its runs are numbered from 0 again, so losses kept from an earlier fit
+        # would be attributed to the wrong parameters.
+        self._obs.clear()
+        self._last_update_step = -1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.capture.attach(pl_module)
@@ -260,14 +264,12 @@ class ActiveSampling(Callback):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        dm = self._dm
-        return {
-            "updates": self.updates,
-            "sampler": dm.sampler.state_dict() if dm is not None else None,
-        }
+        """How many updates were made. The sampler's state is the DataModule's to save (with
+        the draws it made that are not launched yet): saved once, restored once."""
+        return {"updates": self.updates}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A "sampler" entry of an older checkpoint is the same state the DataModule restored
+        # (with its pending draws): loading it again would drop those draws, so it is ignored.
         self.updates = int(state_dict.get("updates", 0))
-        if self._dm is not None and state_dict.get("sampler") is not None:
-            self._dm.sampler.load_state_dict(state_dict["sampler"])
-            self._dm.refresh_parameters()
+        self._obs.clear()
