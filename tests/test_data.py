@@ -194,7 +194,7 @@ def test_faulty_runs_are_retried_redrawn_and_the_budget_is_met(caplog):
         "NaN or Inf": 0.1,
         "differ from the first step": 0.2,
         "SIGSEGV": 0.3,
-        "no time step": 0.4,
+        "the solver yielded no sample": 0.4,
     }
     for text, lo in kinds.items():
         if any(lo <= t < lo + 0.1 for t in bad):
@@ -283,7 +283,7 @@ def test_ddp_one_rank_whose_solvers_all_fail_does_not_hang_the_other(tmp_path, v
     # both ranks stop together with the reason, during validation or during training
     expected = "validation runs failed on rank(s) [1]" if validation else "max_failed_fraction"
     for rank in (0, 1):
-        assert f"[rank{rank}]: lightning_online._study.ledger.StudyError: " in out.stderr
+        assert f"[rank{rank}]: lightning_online.errors.StudyError: " in out.stderr
     assert expected in out.stderr
     assert "this node's solver installation is broken" in out.stderr
     assert not list(tmp_path.glob("result.*.json"))  # neither rank carried on as if all was well

@@ -266,9 +266,6 @@ def test_limit_val_batches_and_should_stop_are_what_the_user_set(val):
         assert dm.val_report is not None and np.isfinite(dm.val_report["loss"]).any()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the per-run validation report is still a callback added during fit"
-)
 def test_the_callbacks_are_what_the_user_set_during_fit():
     trainer, _, look, callbacks = _fit_and_look(2)
     assert trainer.callbacks == callbacks
