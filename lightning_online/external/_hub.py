@@ -656,10 +656,11 @@ class _Hub:
     def _duplicate_part(self, run: _Run, part: int, n_parts: int) -> str:
         """Why a second connection claims a part already taken: most often a run of several MPI
         ranks whose ranks each came up as a singleton (every one "rank 0 of 1")."""
-        text = (
-            f"a connection says it is part {part} of {n_parts}, but part(s) "
-            f"{sorted(run.conns)} of {run.n_parts} are already connected"
-        )
+        if run.conns:
+            taken = f"part(s) {sorted(run.conns)} of {run.n_parts} are already connected"
+        else:
+            taken = f"the run's {run.n_parts} part(s) already sent their steps and closed"
+        text = f"a connection says it is part {part} of {n_parts}, but {taken}"
         n_procs = self.solver.n_procs
         if n_parts != 1 or part != 0 or n_procs < 2:
             return text
@@ -806,6 +807,10 @@ class _Hub:
             self._complete(run)
         else:
             run.exit_deadline = time.monotonic() + self.solver.exit_timeout
+            # Until the program exits, a late connection of this run is still recognised: a rank
+            # that came up as an MPI singleton after another finished alone fails the run with
+            # the reason (see _duplicate_part), not as a generic failed exit.
+            self._tokens[run.token] = run
 
     def _complete(self, run: _Run) -> None:
         if run.code == 0:
