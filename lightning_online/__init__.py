@@ -48,6 +48,7 @@ _LAZY = {
     "StudyMonitor": "lightning_online.callbacks.monitor",
     "StudyProgressBar": "lightning_online.callbacks.monitor",
     "RichStudyProgressBar": "lightning_online.callbacks.monitor",
+    "StudyProgressLog": "lightning_online.callbacks.progress",
     "Breed": "lightning_online.sampling.steering",
     "ErrorModel": "lightning_online.sampling.error_model",
     "LossProportional": "lightning_online.sampling.steering",
@@ -86,6 +87,7 @@ __all__ = [
     "StudyError",
     "StudyMonitor",
     "StudyProgressBar",
+    "StudyProgressLog",
     "Uniform",
 ]
 
@@ -97,6 +99,7 @@ if TYPE_CHECKING:
         StudyMonitor,
         StudyProgressBar,
     )
+    from lightning_online.callbacks.progress import StudyProgressLog
     from lightning_online.data import OnlineDataModule, Solver
     from lightning_online.errors import ExternalRunError, StudyError
     from lightning_online.external.launchers import Direct, Mpiexec, Srun

@@ -15,8 +15,16 @@ What differs from a plain ``LightningCLI``:
   any LightningModule, given by ``class_path``.
 * ``monitor`` configures the :class:`~lightning_online.callbacks.monitor.StudyMonitor` callback, which is
   always on (the live view; e.g. ``--monitor.plot=false``). The progress bar is a
-  :class:`~lightning_online.callbacks.monitor.StudyProgressBar` unless ``trainer.callbacks`` has one
-  (e.g. ``--trainer.callbacks+=RichStudyProgressBar``) or ``trainer.enable_progress_bar`` is false.
+  :class:`~lightning_online.callbacks.monitor.StudyProgressBar` on a terminal and, where standard
+  output is not one (a batch job's output file, a pipe), a
+  :class:`~lightning_online.callbacks.progress.StudyProgressLog` (plain lines every 30 s; e.g.
+  ``--trainer.callbacks+=StudyProgressLog --trainer.callbacks.every_n_steps=100``), unless
+  ``trainer.callbacks`` has one (e.g. ``--trainer.callbacks+=RichStudyProgressBar``) or
+  ``trainer.enable_progress_bar`` is false.
+* Under DDP the ranks other than 0 keep Lightning's and torch's warnings and informational
+  messages to themselves (rank 0 shows the same ones), and the per-simulation validation figures
+  (``val_sim_loss_*``, identical on every rank by construction) are not flagged for
+  ``sync_dist``: a job's output says each thing once.
 * Config files are read with OmegaConf (``parser_mode="omegaconf"``), so a recipe can refer to
   one value from several places (``${data.solver.init_args.nx}``). The interpolations follow
   command-line overrides: ``--data.solver.init_args.nx=32`` also changes the model's
@@ -37,14 +45,17 @@ What differs from a plain ``LightningCLI``:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import warnings
 from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 # Imported so that their classes are known to the parser by their short names.
 from lightning_online import models as _models  # noqa: F401
@@ -52,6 +63,7 @@ from lightning_online import solvers as _solvers  # noqa: F401
 from lightning_online.buffers import FIFO, FIRO, Reservoir  # noqa: F401
 from lightning_online.callbacks.active_sampling import ActiveSampling  # noqa: F401
 from lightning_online.callbacks.monitor import RichStudyProgressBar, StudyMonitor, StudyProgressBar  # noqa: F401
+from lightning_online.callbacks.progress import StudyProgressLog
 from lightning_online.data import OnlineDataModule
 from lightning_online.sampling.error_model import ErrorModel  # noqa: F401
 from lightning_online.sampling.samplers import Halton, LatinHypercube, ParameterSpace, Uniform  # noqa: F401
@@ -169,8 +181,9 @@ class OnlineCLI(LightningCLI):
             torch.set_num_threads(int(n))  # until the CLI returns (see __init__)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The Trainer, with a :class:`StudyProgressBar` when its config shows a progress bar and
-        names none itself (training process, every rank)."""
+        """The Trainer, with a :class:`StudyProgressBar` (a terminal) or a
+        :class:`StudyProgressLog` (anything else) when its config shows a progress bar and names
+        none itself (training process, every rank)."""
         if "callbacks" not in kwargs:
             init = self.config_init[self.subcommand] if self.subcommand else self.config_init
             trainer = init.get("trainer") or {}
@@ -178,8 +191,38 @@ class OnlineCLI(LightningCLI):
             callbacks = [] if given is None else list(given) if isinstance(given, list) else [given]
             shown = trainer.get("enable_progress_bar") is not False
             if shown and not any(isinstance(c, ProgressBar) for c in callbacks):
-                kwargs["callbacks"] = [*callbacks, StudyProgressBar()]
+                bar = StudyProgressBar() if _is_terminal(sys.stdout) else StudyProgressLog()
+                kwargs["callbacks"] = [*callbacks, bar]
         return super().instantiate_trainer(**kwargs)
+
+
+def _is_terminal(stream: Any) -> bool:
+    """Whether a progress bar's redraws can be shown on ``stream`` (tqdm draws on stdout)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
+
+
+def _one_voice() -> None:
+    """What this process (the ``lightning-online`` command owns it) shows once per job, not once
+    per rank: on ranks other than 0 (Lightning's rank, from the environment of ``srun``,
+    ``mpiexec`` or its own launcher), Lightning's and torch's warnings and informational log
+    messages, which rank 0 shows as well; on every rank, Lightning's advice to ``sync_dist`` the
+    per-simulation validation figures, which are identical on every rank by construction."""
+    warnings.filterwarnings(
+        "ignore", message=r"It is recommended to use `self\.log\('val_sim_loss_", category=Warning
+    )
+    rank = getattr(rank_zero_only, "rank", 0) or 0  # Lightning's: RANK, SLURM_PROCID, ...
+    for key in ("PMI_RANK", "OMPI_COMM_WORLD_RANK"):  # mpiexec, which Lightning does not read
+        if not rank and os.environ.get(key, "").isdigit():
+            rank = int(os.environ[key])
+    if rank == 0:
+        return
+    for module in (r"lightning(\..*)?$", r"lightning_fabric(\..*)?$", r"torch(\..*)?$"):
+        warnings.filterwarnings("ignore", module=module)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _config_files(argv: list[str]) -> list[str]:
@@ -263,6 +306,7 @@ def _follow_interpolations(files: list[str], final: dict[str, Any]) -> dict[str,
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightning-online`` console script (``args``: default ``sys.argv``)."""
+    _one_voice()
     OnlineCLI(args=args)
     # Ranks started by mpiexec or srun exit here, not in Lightning's launcher: a process group
     # left for the interpreter's teardown can abort in gloo's threads ("terminate called without

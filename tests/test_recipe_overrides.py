@@ -109,8 +109,9 @@ def test_the_cli_shows_the_study_progress_bar_by_default():
     from lightning_online.callbacks.monitor import RichStudyProgressBar, StudyProgressBar
 
     base = ["--config", str(RECIPES / "heat2d.yaml"), "--data.n_simulations=4"]
-    cli = OnlineCLI(args=base, run=False)
+    cli = OnlineCLI(args=[*base, "--trainer.callbacks+=StudyProgressBar"], run=False)
     assert isinstance(cli.trainer.progress_bar_callback, StudyProgressBar)
+    # (not given, it is StudyProgressBar on a terminal: tests/test_progress_log.py)
     cli = OnlineCLI(args=[*base, "--trainer.callbacks+=TQDMProgressBar"], run=False)
     assert type(cli.trainer.progress_bar_callback) is TQDMProgressBar
     cli = OnlineCLI(args=[*base, "--trainer.enable_progress_bar=false"], run=False)

@@ -1,6 +1,10 @@
 """SLURM without a cluster: the tests' stand-in ``srun`` (tests/programs/srun) on PATH runs the
 same command lines locally, so the training job and its job steps are started exactly as on a
-cluster: training ranks by ``srun --mpi=none``, each solver run as an ``srun`` step."""
+cluster: training ranks by ``srun --mpi=none``, each solver run as an ``srun`` step.
+
+Only for machines without SLURM: where a real one answers ``sinfo`` (``.ci/run`` starts one with
+recipes/slurm/local-cluster.sh), these skip and tests/test_slurm_real.py runs the same job
+script, steps and faults on it."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _slurm import idle_nodes
 from test_processes import assert_none_left, run_marked
 
 from lightning_online import ExternalSolver, Srun
@@ -18,7 +23,13 @@ from lightning_online import ExternalSolver, Srun
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 PROGRAM = str(HERE / "programs" / "lo_ext_client.py")
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(
+        idle_nodes() > 0,
+        reason="a real SLURM answers sinfo here: tests/test_slurm_real.py ran on it instead",
+    ),
+]
 
 
 @pytest.fixture
@@ -47,7 +58,7 @@ def test_each_run_is_an_srun_step(slurm_env):
     assert len(call) == 1
     assert call[0].startswith(
         "srun --ntasks=2 --cpus-per-task=1 --kill-on-bad-exit=1 "
-        "--job-name=lightning-online-run --exact "
+        "--job-name=lightning-online-run --exact --mpi=pmi2 "
     )
 
 
@@ -97,7 +108,7 @@ def test_the_cluster_recipe_runs_its_study_with_the_stand_in_srun(slurm_env, tmp
     summary = json.loads((log_dir / "study_summary.json").read_text())
     assert summary["runs_completed"] == 6 and summary["runs_failed"] == 0
     calls = slurm_env.read_text().splitlines()
-    assert calls[0].startswith("srun --mpi=none --nodes=1 --ntasks=2 --overlap lightning-online")
+    assert calls[0].startswith("srun --mpi=none --nodes=1 --ntasks=2 --ntasks-per-node=2 --overlap")
     steps = [c for c in calls[1:] if c.startswith("srun --ntasks=2 ")]
     assert len(steps) == 6 + 2  # the runs and the validation runs, each a job step
     assert_none_left(marker)

@@ -1,6 +1,7 @@
 """The package's Lightning callbacks: :class:`ActiveSampling` (steers the launch distribution by
 the training loss) and the live view (:class:`StudyMonitor`, :class:`StudyProgressBar`,
-:class:`RichStudyProgressBar`).
+:class:`RichStudyProgressBar`, and :class:`StudyProgressLog`: plain lines where there is no
+terminal).
 
 They run on every training rank, in Lightning's hooks on the training thread, and know the
 DataModule's public surface only: no MPI, no processes.
@@ -14,5 +15,12 @@ from lightning_online.callbacks.monitor import (
     StudyMonitor,
     StudyProgressBar,
 )
+from lightning_online.callbacks.progress import StudyProgressLog
 
-__all__ = ["ActiveSampling", "RichStudyProgressBar", "StudyMonitor", "StudyProgressBar"]
+__all__ = [
+    "ActiveSampling",
+    "RichStudyProgressBar",
+    "StudyMonitor",
+    "StudyProgressBar",
+    "StudyProgressLog",
+]

@@ -643,11 +643,7 @@ class _Hub:
             run.n_parts is not None and (n_parts != run.n_parts or part in run.conns)
         ):
             conn.close()
-            self._fail(
-                run,
-                f"a connection says it is part {part} of {n_parts}, but part(s) "
-                f"{sorted(run.conns)} of {run.n_parts} are already connected",
-            )
+            self._fail(run, self._duplicate_part(run, part, n_parts))
             return
         run.n_parts = n_parts
         conn.run, conn.part = run, part
@@ -656,6 +652,38 @@ class _Hub:
         self._resume(conn)
         if len(run.conns) == n_parts:
             run.state = _STREAMING
+
+    def _duplicate_part(self, run: _Run, part: int, n_parts: int) -> str:
+        """Why a second connection claims a part already taken: most often a run of several MPI
+        ranks whose ranks each came up as a singleton (every one "rank 0 of 1")."""
+        if run.conns:
+            taken = f"part(s) {sorted(run.conns)} of {run.n_parts} are already connected"
+        else:
+            taken = f"the run's {run.n_parts} part(s) already sent their steps and closed"
+        text = f"a connection says it is part {part} of {n_parts}, but {taken}"
+        n_procs = self.solver.n_procs
+        if n_parts != 1 or part != 0 or n_procs < 2:
+            return text
+        launcher = self.solver.launcher
+        if hasattr(launcher, "mpi"):  # Srun
+            given = launcher.mpi
+            used = f"--mpi={given}" if given is not None else "the site's default --mpi"
+            fix = (
+                f"its steps ran with {used}, which the program's MPI does not speak; give the "
+                "launcher the process-manager interface of the program's MPI: Srun(mpi='pmi2') "
+                "for MPICH builds (the mpich wheel, Intel MPI, Cray MPICH), Srun(mpi='pmix') "
+                "for PMIx builds (Open MPI); `srun --mpi=list` names what this SLURM offers"
+            )
+        else:
+            fix = (
+                "start the program with the mpiexec of the MPI it was compiled with "
+                "(Mpiexec('/path/to/mpiexec')), or build it with the MPI whose mpiexec is used"
+            )
+        return (
+            f"{text}: the run was started as {n_procs} MPI processes but each came up as an MPI "
+            f"singleton (rank 0 of 1), so the launcher gave them no process manager they "
+            f"understand; {fix} (launcher: {launcher!r})"
+        )
 
     def _pause(self, conn: _Conn) -> None:
         if conn.active and conn.sock is not None:
@@ -779,6 +807,10 @@ class _Hub:
             self._complete(run)
         else:
             run.exit_deadline = time.monotonic() + self.solver.exit_timeout
+            # Until the program exits, a late connection of this run is still recognised: a rank
+            # that came up as an MPI singleton after another finished alone fails the run with
+            # the reason (see _duplicate_part), not as a generic failed exit.
+            self._tokens[run.token] = run
 
     def _complete(self, run: _Run) -> None:
         if run.code == 0 and run.step == 0:  # closed cleanly without a step: nothing to train on
