@@ -32,7 +32,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from torchmetrics import Metric
 
-from lightning_online._study.ledger import STATS_KEYS, Run, Study, StudyError
+from lightning_online._study.agreement import STATS_KEYS
+from lightning_online._study.ledger import Study, StudyError
+from lightning_online._study.runs import Run, RunState
 from lightning_online._transport.pool import ReceiverPool, WorkerPool
 from lightning_online._util.capture import (
     LossFn,
@@ -726,8 +728,8 @@ class OnlineDataModule(pl.LightningDataModule):
             self._pool.stop()
         if self._study is not None:
             for run in self._study.runs.values():
-                if run.status == "running":
-                    run.status = "stopped"
+                if run.in_flight:
+                    run.move(RunState.STOPPED)
             self._launched = self.launched_parameters
             self._runs = self._study.runs
             self._stats = dict(self._study.stats or self._stats)

@@ -162,7 +162,7 @@ def test_backpressure_bounds_memory_and_blocks_solvers():
     # store's spare slots, preallocated), never more.
     assert stats["samples_received"] <= stats["samples_served"] + 32 + COALESCE_SAMPLES
     assert stats["completed"] == 0  # the runs were stopped, not finished
-    assert not any(r.status == "running" for r in dm.runs.values())
+    assert not any(r.in_flight for r in dm.runs.values())
 
 
 def test_faulty_runs_are_retried_redrawn_and_the_budget_is_met(caplog):
@@ -315,7 +315,7 @@ def test_stop_early_ends_runs_in_flight():
     tr.fit(Regressor(3, 1), dm)
     assert tr.global_step == 3
     assert dm.stats["completed"] < 50
-    assert all(r.status != "running" for r in dm.runs.values())
+    assert not any(r.in_flight for r in dm.runs.values())
 
 
 def test_interrupt_in_training_step_leaves_nothing_behind():

@@ -409,7 +409,7 @@ def test_has_room_is_a_query_and_drain_the_action():
 
 
 def test_the_lender_is_the_first_rank_that_has_something_and_only_when_needed():
-    from lightning_online._study.ledger import lender
+    from lightning_online._study.agreement import lender
 
     assert lender(np.array([0, 1]), np.array([0, 0])) == 0  # rank 1 never served: rank 0 lends
     assert lender(np.array([1, 1, 0]), np.array([0, 1, 0])) == 1

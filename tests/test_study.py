@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lightning_online._study.ledger import (
+from lightning_online._study.agreement import (
     AGREEMENT,
     COUNTERS,
     MAX_EVERY,

@@ -22,12 +22,25 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 
+from lightning_online._study.agreement import (
+    COLUMNS,
+    COUNTERS,
+    MAX_EVERY,
+    SAVED,
+    Counters,
+    Decision,
+    batches_per_agreement,
+    grant_permits,
+    is_starved,
+    lender,
+    serve_or_finish,
+)
+from lightning_online._study.runs import Run, RunState
 from lightning_online._transport.store import TRIM_EVERY, SlotStore, fields_of, trim_heap
 from lightning_online._util.dist import Group
 from lightning_online._wire.samples import (
@@ -56,54 +69,6 @@ __all__ = [
 ]
 
 
-@dataclass
-class Run:
-    """One launch of the solver: its parameters and how it ended."""
-
-    sim_id: int
-    theta: np.ndarray
-    attempt: int
-    rank: int
-    status: str = "running"  # running | completed | failed | stopped
-    n_steps: int = 0
-    n_samples: int = 0  # samples of the run taken into the buffer
-    reason: str = ""
-    launched_at: float = field(default_factory=time.time)
-    validation: bool = False
-
-
-class Decision(NamedTuple):
-    batches: int  # how many batches every rank serves before the next agreement (0: wait)
-    finish: bool
-    stats: dict[str, float]
-
-
-@dataclass
-class Counters:
-    """The study's counters, defined once: the field names are the keys of ``dm.stats``; each
-    rank's are gathered as one int64 vector at every sync (with the agreement's columns,
-    :data:`AGREEMENT`) and summed over ranks; all but ``running`` are saved in checkpoints and
-    carried over by a resumed study."""
-
-    launched: int = 0
-    completed: int = 0
-    failed: int = 0
-    running: int = 0
-    samples_received: int = 0
-    samples_rejected: int = 0
-    samples_served: int = 0
-    samples_replayed: int = 0
-    # Samples a run streamed before it failed stay in the buffer (they are valid; some may
-    # already be served) and its retry streams its own: these are counted here, so that
-    # samples_received = samples of completed runs + samples_from_failed (+ runs in flight).
-    samples_from_failed: int = 0
-
-    def vector(self) -> list[int]:
-        return [getattr(self, name) for name in COUNTERS]
-
-
-COUNTERS: tuple[str, ...] = tuple(f.name for f in fields(Counters))
-SAVED = tuple(name for name in COUNTERS if name != "running")
 #: Failed runs kept with their reasons per rank (and in a checkpoint), the most recent: a
 #: study of a million runs with a flaky solver must not carry every reason forever.
 MAX_FAILURES = 256
@@ -111,100 +76,6 @@ MAX_FAILURES = 256
 #: ranks): one or two early failures of a fresh study are 100 % of what was launched so far, and
 #: must not end it. From this many on, ``failed > max_failed_fraction * launched`` stops it.
 MIN_FAILED_TO_STOP = 3
-
-#: What ranks also exchange at every sync to agree (not counters of the study).
-AGREEMENT = (
-    "permits",
-    "pending",
-    "retry",
-    "ready",
-    "batches",
-    "every",
-    "exhausted",
-    "has_last",
-    "buffer_size",
-    "unique_served",
-    "error",
-)
-_C = {name: i for i, name in enumerate((*COUNTERS, *AGREEMENT))}
-#: The keys of ``dm.stats``: the counters, then two ratios derived from the gathered vector.
-STATS_KEYS = (*COUNTERS, "mean_reuse", "buffer_fill")
-
-
-# ---------------------------------------------------------------------- the agreement, pure
-# Every rank calls these with the same gathered columns (one entry per rank), so every rank
-# takes the same decisions without another message.
-
-
-def grant_permits(remaining: int, held: np.ndarray, room: np.ndarray) -> np.ndarray:
-    """Launch permits for each rank out of the ``remaining`` budget: one at a time to the rank
-    that holds the fewest runs (``held``: completed + running + permits) among those with
-    ``room`` left, so that a small budget is spread over every rank (a rank that never gets a
-    run has nothing to train on) and fast ranks take more."""
-    grants = np.zeros(len(held), dtype=np.int64)
-    room = np.asarray(room, dtype=np.int64)
-    while remaining > 0 and (room > grants).any():
-        r = int(np.argmin(np.where(room > grants, held + grants, np.iinfo(np.int64).max)))
-        grants[r] += 1
-        remaining -= 1
-    return grants
-
-
-#: Most batches served between two agreements.
-MAX_EVERY = 16
-#: The agreement may take this share of the training time; above it, ranks agree less often.
-SYNC_SHARE = 0.02
-
-
-def serve_or_finish(
-    batches: np.ndarray,
-    exhausted: np.ndarray,
-    has_last: np.ndarray,
-    complete: bool,
-    every: int = 1,
-) -> tuple[int, bool]:
-    """``(n, finish)``, the same on every rank: all ranks serve ``n`` batches before they agree
-    again (``batches[r]``: how many rank r can serve in a row without new samples; a rank that
-    has drained repeats its last batch), at most ``every``; n = 0 when one rank has none. All
-    stop together once the study is complete and every buffer is drained, or when no rank has
-    anything to serve or repeat.
-
-    A rank drained before it ever served (it received nothing: the budget left went to other
-    ranks) neither holds the others up nor ends their study: it borrows its first batch from
-    another rank (:func:`lender`), then repeats it like any drained rank."""
-    batches = np.asarray(batches, dtype=np.int64)
-    exhausted, has_last = (np.asarray(v, dtype=bool) for v in (exhausted, has_last))
-    empty = exhausted & ~has_last
-    finish = bool((complete and exhausted.all()) or empty.all())
-    can = np.where(exhausted, every, np.minimum(batches, every))
-    return (0 if finish else max(0, int(can.min()))), finish
-
-
-def lender(exhausted: np.ndarray, has_last: np.ndarray) -> int | None:
-    """The rank that lends its next batch to the ranks that have never served and never will
-    (drained with nothing to repeat): the first rank that has something; None if no rank needs
-    to borrow (or none can lend)."""
-    exhausted, has_last = (np.asarray(v, dtype=bool) for v in (exhausted, has_last))
-    empty = exhausted & ~has_last
-    if not empty.any() or empty.all():
-        return None
-    return int(np.flatnonzero(~empty)[0])
-
-
-def batches_per_agreement(sync_s: float, batch_s: float) -> int:
-    """How many batches to serve between agreements so that the agreement (``sync_s`` seconds)
-    costs at most ``SYNC_SHARE`` of the training time (``batch_s`` seconds per batch)."""
-    if sync_s <= 0 or batch_s <= 0:
-        return 1
-    return int(min(MAX_EVERY, max(1, np.ceil(sync_s / (SYNC_SHARE * batch_s)))))
-
-
-def is_starved(
-    complete: bool, remaining: int, ready: bool, running: int, permits: int, granted: int
-) -> bool:
-    """A rank that holds no run and no permit once every permit is out will never receive
-    again: it drains what it has instead of waiting for a watermark it cannot reach."""
-    return not complete and remaining == 0 and not ready and running == 0 and permits + granted == 0
 
 
 class Study:
@@ -395,10 +266,13 @@ class Study:
             return
         sim_id = int(sims[0])
         run = self.runs.get(sim_id)
-        if run is None or sim_id in self._rejected_sims or run.status != "running":
+        if run is None or sim_id in self._rejected_sims or not run.in_flight:
             with self._lock:
                 self.count.samples_rejected += k
             return
+        if run.status is RunState.LAUNCHED:  # its first sample
+            with self._lock:
+                run.move(RunState.STREAMING)
         try:  # a message that cannot be decoded fails its run, never the receiver thread
             if run.validation:
                 for blob in blobs:
@@ -448,24 +322,22 @@ class Study:
     def on_end(self, sim_id: int, ok: bool, n_steps: int, seconds: float, reason: str) -> None:
         with self._lock:
             run = self.runs.get(sim_id)
-            if run is None or run.status != "running":
-                log.warning("the end of run %d was reported, which is not running", sim_id)
+            if run is None or not run.in_flight:
+                log.warning("the end of run %d was reported, which is not in flight", sim_id)
                 return
             self.count.running -= 1
             reason = cap_text(reason, 2 * MAX_REASON)  # a cause and a program's output tail
             if sim_id in self._rejected_sims:
                 ok, reason = False, self._rejected_sims.pop(sim_id)
-            elif ok and n_steps == 0:  # nothing to train on: a failure, on every path
-                ok, reason = False, NO_SAMPLE
+            elif ok and (n_steps == 0 or run.status is RunState.LAUNCHED):
+                ok, reason = False, NO_SAMPLE  # nothing to train on: a failure, on every path
             run.n_steps = n_steps
+            run.move(RunState.COMPLETED if ok else RunState.FAILED, reason)
             if run.validation:
-                run.status, run.reason = ("completed" if ok else "failed"), reason
                 return
             if ok:
-                run.status = "completed"
                 self.count.completed += 1
                 return
-            run.status, run.reason = "failed", reason
             self.count.failed += 1
             self.count.samples_from_failed += run.n_samples
             self.failures.append(run)
@@ -511,7 +383,7 @@ class Study:
 
     def _gather(self, error: bool) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         m = self.group.all_gather(self._snapshot(error))
-        col = {name: m[:, i] for name, i in _C.items()}
+        col = {name: m[:, i] for name, i in COLUMNS.items()}
         tot = {name: int(v.sum()) for name, v in col.items()}
         for name in COUNTERS:
             tot[name] += getattr(self.base, name)
@@ -744,7 +616,7 @@ class Study:
             items, counts, sims.tolist(), steps.tolist(), strict=True
         ):
             run = self.runs.get(sim)
-            if run is not None and run.status not in ("completed", "failed"):
+            if run is not None and run.status not in (RunState.COMPLETED, RunState.FAILED):
                 continue
             if count and untrained[sim, step]:
                 untrained[sim, step] -= 1
@@ -800,16 +672,19 @@ class Study:
                 "completed": [
                     (r.sim_id, r.theta.tolist())
                     for r in own
-                    if r.status == "completed" and r.sim_id not in unserved
+                    if r.status is RunState.COMPLETED and r.sim_id not in unserved
                 ],
                 "unfinished": [
                     (r.theta.tolist(), r.attempt)
                     for r in own
-                    if r.status in ("running", "stopped")
-                    or (r.status == "completed" and r.sim_id in unserved)
+                    if r.in_flight
+                    or r.status is RunState.STOPPED
+                    or (r.status is RunState.COMPLETED and r.sim_id in unserved)
                 ]
                 + [(t.tolist(), a) for t, a in self._retry],
-                "rerun": sum(1 for r in own if r.status == "completed" and r.sim_id in unserved),
+                "rerun": sum(
+                    1 for r in own if r.status is RunState.COMPLETED and r.sim_id in unserved
+                ),
                 "pending": [(t.tolist(), bool(steered)) for t, steered in self._pending],
                 "failures": [
                     (r.sim_id, r.theta.tolist(), r.attempt, r.reason) for r in self.failures

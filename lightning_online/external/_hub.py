@@ -84,7 +84,10 @@ _SWEEP = 0.05  # seconds between two looks at the deadlines
 _BACKLOG = 4096
 _BUDGET = 8  # messages read from one connection before the others get their turn
 
-# run states
+# The *connection phase* of a program in flight, for this event loop only (which deadline
+# applies, which sockets to read). It is not the run's life cycle: that is _study/runs.py, which
+# the ledger moves when this hub reports the run's samples and its end (launched until the first
+# sample, streaming, then completed / failed / stopped), the same as for a Python solver.
 _CONNECTING, _STREAMING, _CLOSED, _FAILING, _DONE = range(5)
 # _fill results
 _MORE, _COMPLETE, _EOF = range(3)
