@@ -1,5 +1,8 @@
 """Bounded, thread-safe sample buffers for online training (after Melissa's buffers).
 
+(Over 400 lines: three policies and their shared base, each with the checkpoint of what it
+holds; a new policy is one subclass here.)
+
 One receiver thread (producer) calls :meth:`Buffer.put` / :meth:`Buffer.has_room`; the
 training loop (consumer) calls :meth:`Buffer.ready` / :meth:`Buffer.wait_ready` /
 :meth:`Buffer.get`. Memory is bounded by ``capacity``: when there is no room the producer

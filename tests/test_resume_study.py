@@ -109,7 +109,7 @@ def test_a_checkpoint_of_another_study_is_refused_before_any_run(tmp_path):
 def test_changed_sampler_hyperparameters_and_solver_are_differences():
     a = datamodule(sampler=Breed(sigma=0.05, seed=3)).fingerprint()
     b = datamodule(sampler=Breed(sigma=0.2, seed=3)).fingerprint()
-    from lightning_online.data import _differences
+    from lightning_online.data.module import _differences
 
     assert _differences(a, b) == [("sampler.sigma", 0.05, 0.2)]
     assert _differences(a, datamodule(sampler=Breed(sigma=0.05, seed=3)).fingerprint()) == []

@@ -1,5 +1,9 @@
 """The bookkeeping of an online study on one training rank, and the per-step agreement between ranks.
 
+(Over 400 lines: one class, the ledger of a rank, whose state (runs, permits, queues, the
+buffer's slots) both threads share under one lock, and whose checkpoint export and restore need
+all of it; the agreement's pure functions are in ``agreement``, the run life cycle in ``runs``.)
+
 Two threads meet here. The receiver thread (``_transport``) asks for the next run to launch, hands
 over samples and reports how runs ended. The training thread calls :meth:`Study.sync` once per
 batch: every rank contributes a short vector of counters, all ranks gather the same matrix and
