@@ -19,7 +19,7 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -84,7 +84,10 @@ def _stop_all() -> None:
         pool.stop(timeout=10.0)
 
 
-class ReceiverPool:
+S = TypeVar("S")
+
+
+class ReceiverPool(Generic[S]):
     """What both pools share: ``n_workers`` runs in flight driven for a :class:`PoolHandler` by
     one receiver thread (``_main``), registered so that interpreter exit stops it.
 
@@ -92,15 +95,19 @@ class ReceiverPool:
     ``external._pool.ExternalPool`` (external programs connected straight to this rank).
     """
 
+    #: The receiver thread's name (in tracebacks and py-spy).
+    THREAD_NAME = "lightning-online-receiver"
+
     def __init__(
         self,
+        solver: S,
         n_workers: int,
         handler: PoolHandler,
         *,
-        run_timeout: float | None,
-        poll_interval: float,
-        name: str,
+        run_timeout: float | None = None,
+        poll_interval: float = 5e-3,
     ) -> None:
+        self.solver = solver
         self.n_workers = n_workers
         self.handler = handler
         self.run_timeout = run_timeout
@@ -109,7 +116,11 @@ class ReceiverPool:
         self._drain: Callable[[], None] = getattr(handler, "drain", None) or (lambda: None)
         self._stop = threading.Event()
         self._started = threading.Event()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._main, name=self.THREAD_NAME, daemon=True)
+        self._init()
+
+    def _init(self) -> None:
+        """What a subclass adds to the pool's state (called at the end of ``__init__``)."""
 
     def start(self, timeout: float = 120.0) -> None:
         """Start the receiver thread (training thread); raise if it cannot start."""
@@ -131,23 +142,11 @@ class ReceiverPool:
         return self._thread.is_alive()
 
 
-class WorkerPool(ReceiverPool):
-    """``n_workers`` spawned MPI workers and the receiver thread that drives them."""
+class WorkerPool(ReceiverPool[bytes]):
+    """``n_workers`` spawned MPI workers (running the cloudpickled ``solver``) and the receiver
+    thread that drives them."""
 
-    def __init__(
-        self,
-        solver: bytes,
-        n_workers: int,
-        handler: PoolHandler,
-        *,
-        run_timeout: float | None = None,
-        poll_interval: float = 5e-3,
-        name: str = "lightning-online-receiver",
-    ) -> None:
-        super().__init__(
-            n_workers, handler, run_timeout=run_timeout, poll_interval=poll_interval, name=name
-        )
-        self.solver = solver
+    def _init(self) -> None:
         self._wake = threading.Event()
 
     # -- called from the training thread -------------------------------------------------------

@@ -25,7 +25,7 @@ from lightning_online.errors import ExternalRunError
 from lightning_online.external._hub import Program, _Hub, _Run
 
 if TYPE_CHECKING:
-    from lightning_online._transport.pool import PoolHandler
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _release_fd_limit() -> None:
         _fd_saved = _fd_set = None
 
 
-class ExternalPool(ReceiverPool):
+class ExternalPool(ReceiverPool[Program]):
     """Up to ``n_workers`` runs of an :class:`~lightning_online.ExternalSolver` in flight, their
     programs streaming straight into this training rank; a drop-in for ``WorkerPool``.
 
@@ -95,20 +95,10 @@ class ExternalPool(ReceiverPool):
     ``on_end``.
     """
 
-    def __init__(
-        self,
-        solver: Program,
-        n_workers: int,
-        handler: PoolHandler,
-        *,
-        run_timeout: float | None = None,
-        poll_interval: float = 5e-3,
-        name: str = "lightning-online-external",
-    ) -> None:
-        super().__init__(
-            n_workers, handler, run_timeout=run_timeout, poll_interval=poll_interval, name=name
-        )
-        self.solver = solver
+    THREAD_NAME = "lightning-online-external"
+
+    def _init(self) -> None:
+        handler = self.handler
         self._hub: _Hub | None = None
         self._scratch = np.empty(0, dtype=np.uint8)  # samples are encoded into it...
         # ...or into a slot of the handler's sample memory, when it has slots_for/on_slots
