@@ -43,7 +43,8 @@ module lightning_online
     implicit none
     private
 
-    public :: c_ptr, c_associated, c_null_ptr, c_float, c_double, c_int, c_int32_t, c_int64_t
+    public :: c_ptr, c_associated, c_null_ptr, c_loc, c_char, c_null_char, c_float, c_double
+    public :: c_int, c_int8_t, c_int16_t, c_int32_t, c_int64_t
     public :: lo_field, lo_step
     public :: lo_connect, lo_connect_part, lo_close, lo_abort, lo_get_parameters
     public :: lo_step_clear, lo_step_add, lo_step_add_raw, lo_step_send, lo_error_message
