@@ -243,6 +243,65 @@ def paced(n_workers: int, kb: float, step_ms: float, a: argparse.Namespace) -> d
     return steady(n_workers, n_floats, Paced(steps, n_floats, step_ms / 1e3), a)
 
 
+def ingest_only(a: argparse.Namespace) -> dict:
+    """End-to-end ingest of ``--ingest-kb`` samples into one training rank, as fast as the
+    solvers yield, from a Python solver and from external programs (the Python client,
+    ``launcher="direct"``, runs that never end), ``--max-workers`` runs in flight; each study
+    is followed at once by raw mpi4py ``Send``/``Recv`` of the same size, and the ratio is taken
+    pair by pair (the machine's load moves both). Median and spread of ``--repeats`` pairs."""
+    from transport import raw
+
+    n_floats = max(8, int(a.ingest_kb * 256))
+    size = 4 * n_floats
+    program = [sys.executable, CLIENT, "--steps", str(10**7), "--floats", str(n_floats)]
+    sides = {
+        "Python solver": lambda: Paced(10**7, n_floats, 0.0),
+        "ExternalSolver (Python client, direct)": lambda: ExternalSolver(
+            program, launcher="direct", fields=["y"], connect_timeout=60
+        ),
+    }
+    result: dict[str, dict] = {}
+    rows = []
+    for nw in a.max_workers:
+        for name, make in sides.items():
+            pairs = []
+            for _ in range(a.repeats):
+                got = steady(nw, n_floats, make(), a)
+                r = raw(size, max(50, min(2000, int(2e9 // size))))
+                pairs.append((got["MBps"], r / 1e6, got["trainer_cpu_cores"]))
+            ratios = [st / rw for st, rw, _ in pairs]
+            key = f"{name}, {nw} runs"
+            result[key] = {
+                "study_MBps": summary([p[0] for p in pairs]),
+                "raw_MBps": summary([p[1] for p in pairs]),
+                "ratio": summary(ratios),
+                "trainer_cpu_cores": summary([p[2] for p in pairs]),
+            }
+            rows.append(
+                [
+                    name,
+                    nw,
+                    f"{result[key]['study_MBps']['median']:.0f}",
+                    f"{result[key]['raw_MBps']['median']:.0f}",
+                    f"{np.median(ratios):.2f}",
+                    spread(ratios, "{:.2f}"),
+                    f"{result[key]['trainer_cpu_cores']['median']:.2f}",
+                ]
+            )
+            print(f"  {key}: ratio {np.median(ratios):.2f}", flush=True)
+    print(
+        f"\ningest of {a.ingest_kb:g} KB samples into one rank / raw mpi4py in the same run, "
+        f"median of {a.repeats} pairs (load average {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        table(
+            rows,
+            ["solver", "runs", "study MB/s", "raw MB/s", "ratio", "spread", "trainer CPU"],
+        )
+    )
+    return result
+
+
 def launch_overhead(n: int) -> dict[str, dict[str, list[float]]]:
     """One-step runs started from this process, the launchers taking turns (so that load from
     elsewhere hits all alike): launch -> first step, -> exit. The Python client program, and the
@@ -397,6 +456,13 @@ def main() -> None:
     p.add_argument(
         "--launch-only", action="store_true", help="only the launch overhead (-> scaling_launch)"
     )
+    p.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="only the end-to-end ingest of --ingest-kb samples against raw mpi4py, each study "
+        "next to its own raw measurement (-> scaling_ingest)",
+    )
+    p.add_argument("--ingest-kb", type=float, default=1024.0, help="sample size of --ingest-only")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     if a.quick:
@@ -409,6 +475,9 @@ def main() -> None:
         launches = launch_overhead(a.launches)
         print_launches(launches, a.launches)
         save("scaling_launch", {"launch_overhead_s": launches}, a.out)
+        return
+    if a.ingest_only:
+        save("scaling_ingest", ingest_only(a), a.out)
         return
 
     load_start = os.getloadavg()

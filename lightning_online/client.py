@@ -16,7 +16,10 @@ rank (gather the fields there first), or let every rank send its share:
 ``client.connect(part=rank, n_parts=size)``; the training side concatenates each field along its
 first axis in rank order (a rank without a share sends an array of first extent 0). The C library's sources ship with the package:
 ``python -m lightning_online.client --include`` prints the include directory and ``--source`` the
-library's source file, for ``mpicc``; :func:`build` compiles a program with them.
+library's source file, for ``mpicc``; :func:`build` compiles a program with them. A Fortran
+module over the C library ships too (``lightning_online.f90``, :func:`fortran_module`), and
+Melissa's client calls (``melissa_api.h``; ``--cflags`` and ``--libs`` print the flags; see
+docs/melissa.md).
 
 Where code runs: inside the solver program (a process started by the rank's launch helper),
 never in the training process.
@@ -25,11 +28,13 @@ never in the training process.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,7 +46,19 @@ from numpy.typing import ArrayLike
 from lightning_online._wire import tcp as proto
 from lightning_online._wire.tcp import ENV_ADDRESS, ENV_PARAMETERS, ENV_TOKEN
 
-__all__ = ["Client", "build", "connect", "include_dir", "library_source", "parameters"]
+__all__ = [
+    "Client",
+    "build",
+    "cflags",
+    "connect",
+    "fortran_module",
+    "include_dir",
+    "library_source",
+    "libs",
+    "melissa_dir",
+    "melissa_library",
+    "parameters",
+]
 
 _CSRC = Path(__file__).parent / "csrc"
 
@@ -172,11 +189,11 @@ def connect(
     return client
 
 
-# -- the C library ---------------------------------------------------------------------------
+# -- the C library, the Fortran module, Melissa's calls ---------------------------------------
 
 
 def include_dir() -> Path:
-    """Directory holding ``lightning_online.h``."""
+    """Directory holding ``lightning_online.h`` (and the Fortran module ``lightning_online.f90``)."""
     return _CSRC
 
 
@@ -185,13 +202,27 @@ def library_source() -> Path:
     return _CSRC / "lightning_online.c"
 
 
+def fortran_module() -> Path:
+    """The Fortran module ``lightning_online`` (ISO_C_BINDING over the C library), compiled
+    before the program's own Fortran sources."""
+    return _CSRC / "lightning_online.f90"
+
+
+def melissa_dir() -> Path:
+    """Directory holding ``melissa_api.h`` (Melissa's client calls over the C library), its
+    source ``melissa_api.c`` and the Fortran interfaces ``melissa_api.f90``."""
+    return _CSRC / "melissa"
+
+
 def example_source(name: str) -> Path:
-    """Source of a shipped example solver (``"heat2d"``)."""
-    path = _CSRC / "examples" / f"{name}.c"
-    if not path.exists():
-        known = sorted(p.stem for p in (_CSRC / "examples").glob("*.c"))
-        raise ValueError(f"no example solver {name!r}; known: {known}")
-    return path
+    """Source of a shipped example solver: ``"heat2d"`` (C, MPI), ``"heat2d_f"`` (Fortran),
+    ``"melissa_heat"`` (C, MPI, Melissa's calls)."""
+    for ext in (".c", ".f90"):
+        path = _CSRC / "examples" / f"{name}{ext}"
+        if path.exists():
+            return path
+    known = sorted(p.stem for p in (_CSRC / "examples").glob("*") if p.suffix in (".c", ".f90"))
+    raise ValueError(f"no example solver {name!r}; known: {known}")
 
 
 def _mpicc() -> str:
@@ -202,33 +233,114 @@ def _mpicc() -> str:
     return found
 
 
+def _fortran_compiler() -> str:
+    for name in (os.environ.get("FC"), "gfortran"):
+        if name and shutil.which(name):
+            return name
+    raise FileNotFoundError(
+        "no Fortran compiler: set FC or install gfortran (Debian/Ubuntu: apt-get install "
+        "gfortran; macOS: brew install gcc)"
+    )
+
+
+def _is_fortran(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() in (".f90", ".f95", ".f03", ".f08", ".f")
+
+
+def _run_compiler(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"compilation failed: {' '.join(cmd)}\n{done.stdout}{done.stderr}")
+
+
 def build(
     sources: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     *,
     compiler: str | None = None,
-    flags: Sequence[str] = ("-O2",),
+    flags: Sequence[str] | None = None,
+    melissa: bool = False,
 ) -> Path:
     """Compile a solver program with the client library: ``mpicc -O2 -I<include> sources
     <library> -o output -lm``. The compiler defaults to the ``mpicc`` next to this Python (the
-    ``mpich`` wheel's), else the one on PATH. Raises ``RuntimeError`` with the compiler's output
-    on failure."""
+    ``mpich`` wheel's), else the one on PATH.
+
+    Fortran sources (``.f90``): the compiler defaults to ``$FC``, else ``gfortran`` (give
+    ``compiler="mpifort"`` for an MPI program), the flags to ``-O2 -ffp-contract=off``, and
+    the Fortran module ``lightning_online`` is compiled first (its ``.mod`` file in a temporary
+    folder); gfortran compiles the C library in the same command.
+
+    ``melissa=True``: the program calls Melissa's API (``melissa_api.h``), whose source is
+    compiled in as well. Raises ``RuntimeError`` with the compiler's output on failure."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        compiler or _mpicc(),
-        *flags,
-        f"-I{include_dir()}",
-        *map(str, sources),
-        str(library_source()),
-        "-o",
-        str(output),
-        "-lm",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        raise RuntimeError(f"compilation failed: {' '.join(cmd)}\n{done.stdout}{done.stderr}")
+    fortran = any(_is_fortran(s) for s in sources)
+    if flags is None:
+        flags = ("-O2", "-ffp-contract=off") if fortran else ("-O2",)
+    extra: list[str] = (
+        [f"-I{melissa_dir()}", str(melissa_dir() / "melissa_api.c")] if melissa else []
+    )
+    with tempfile.TemporaryDirectory() as mods:
+        if fortran:
+            cmd = [compiler or _fortran_compiler(), *flags, f"-J{mods}", f"-I{include_dir()}"]
+            cmd += [str(fortran_module())]
+        else:
+            cmd = [compiler or _mpicc(), *flags, f"-I{include_dir()}"]
+        cmd += [*map(str, sources), *extra, str(library_source()), "-o", str(output), "-lm"]
+        _run_compiler(cmd)
     return output
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("LIGHTNING_ONLINE_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lightning_online"
+
+
+def cflags() -> list[str]:
+    """Compile flags of a program that uses the C client or Melissa's API: the include
+    folders of ``lightning_online.h`` and ``melissa_api.h`` (and ``melissa_api.f90``)."""
+    return [f"-I{include_dir()}", f"-I{melissa_dir()}"]
+
+
+def melissa_library(compiler: str | None = None) -> Path:
+    """``libmelissa_api.a``: Melissa's client calls and the C client, compiled once with
+    ``compiler`` (default: the ``mpicc`` of :func:`build`) into the cache folder
+    (``$LIGHTNING_ONLINE_CACHE``, else ``~/.cache/lightning_online``), under a name that
+    changes with the sources and the compiler. Returns its path."""
+    cc = compiler or _mpicc()
+    sources = [library_source(), melissa_dir() / "melissa_api.c"]
+    digest = hashlib.sha256(cc.encode())
+    for path in [*sources, include_dir() / "lightning_online.h", melissa_dir() / "melissa_api.h"]:
+        digest.update(path.read_bytes())
+    folder = _cache_root() / f"melissa-{digest.hexdigest()[:16]}"
+    library = folder / "libmelissa_api.a"
+    if library.exists():
+        return library
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        objects = []
+        for src in sources:
+            obj = Path(tmp) / f"{src.stem}.o"
+            _run_compiler([cc, "-O2", "-fPIC", *cflags(), "-c", str(src), "-o", str(obj)])
+            objects.append(str(obj))
+        _run_compiler(["ar", "rcs", str(Path(tmp) / library.name), *objects])
+        staged = Path(tmp) / "lib"
+        staged.mkdir()
+        os.replace(Path(tmp) / library.name, staged / library.name)
+        try:
+            os.replace(staged, folder)  # atomic; another process may have won the race
+        except OSError:
+            if not library.exists():
+                raise
+    return library
+
+
+def libs(compiler: str | None = None) -> list[str]:
+    """Link flags of a program that calls Melissa's API: ``-L<folder> -lmelissa_api -lm``
+    (builds :func:`melissa_library` when it is not there yet)."""
+    return [f"-L{melissa_library(compiler).parent}", "-lmelissa_api", "-lm"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -238,17 +350,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--include", action="store_true", help="print the include directory")
     parser.add_argument("--source", action="store_true", help="print the library's source file")
-    parser.add_argument("--build-example", metavar="NAME", help="compile a shipped example")
+    parser.add_argument(
+        "--cflags", action="store_true", help="print the compile flags (include folders)"
+    )
+    parser.add_argument(
+        "--libs",
+        action="store_true",
+        help="print the link flags of Melissa's API (builds libmelissa_api.a once)",
+    )
+    parser.add_argument(
+        "--build-example",
+        metavar="NAME",
+        help="compile a shipped example: heat2d (C, MPI), heat2d_f (Fortran, gfortran), "
+        "melissa_heat (C, MPI, Melissa's API)",
+    )
     parser.add_argument("-o", "--output", help="output path for --build-example")
     args = parser.parse_args(argv)
     if args.include:
         print(include_dir())
     if args.source:
         print(library_source())
+    if args.cflags:
+        print(" ".join(cflags()))
+    if args.libs:
+        print(" ".join(libs()))
     if args.build_example:
         out = args.output or args.build_example
-        print(build([example_source(args.build_example)], out))
-    if not (args.include or args.source or args.build_example):
+        source = example_source(args.build_example)
+        print(build([source], out, melissa=source.stem.startswith("melissa")))
+    if not (args.include or args.source or args.cflags or args.libs or args.build_example):
         parser.print_help()
 
 

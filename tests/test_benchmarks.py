@@ -107,6 +107,19 @@ def test_scaling_benchmark_smoke(tmp_path):
     assert (tmp_path / "scaling.png").exists()
 
 
+def test_scaling_ingest_only_smoke(tmp_path):
+    args = ["--ingest-only", "--ingest-kb", "64", "--max-workers", "1", "--repeats", "1"]
+    args += ["--warmup", "0.3", "--window", "0.6", "--batch", "8", "--out", str(tmp_path)]
+    out = run("scaling", args, tmp_path)
+    assert "ingest of 64 KB samples into one rank / raw mpi4py" in out.stdout, out.stdout[-2000:]
+    result = json.loads((tmp_path / "scaling_ingest.json").read_text())
+    assert set(result) == {
+        "Python solver, 1 runs",
+        "ExternalSolver (Python client, direct), 1 runs",
+    }
+    assert all(v["ratio"]["median"] > 0 for v in result.values())
+
+
 def test_agreement_benchmark_smoke(tmp_path):
     out = run("agreement", ["--quick", "--out", str(tmp_path)], tmp_path)
     assert "of a 10 ms step" in out.stdout

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from lightning_online._wire.samples import (
+    HEADER_BYTES,
     MAGIC_BARE,
     coalesce_limit,
     decode_sample,
@@ -260,7 +261,9 @@ class SlotStore:
     def ids(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Simulation ids and time steps of the samples in slots ``idx``."""
         assert self.mem is not None
-        return record_ids(self.mem[idx])
+        # Only the headers: ``self.mem[idx]`` would copy the whole samples (a second copy of
+        # every batch, as large as the batch, for 16 bytes a sample).
+        return record_ids(self.mem[np.asarray(idx, dtype=np.int64), :HEADER_BYTES])
 
     def gather(self, idx: np.ndarray, pin: bool = False) -> list[torch.Tensor]:
         """A batch: field i of slots ``idx``, stacked, one tensor per field (pinned if asked)."""
