@@ -658,7 +658,7 @@ class Study:
                 batches = []
             held_sims = {int(i) for _, (ids, _), _ in batches for i in ids}
             if rows is not None and len(rows):
-                held_sims |= set(np.ascontiguousarray(rows[:, 8:16]).view(np.int64)[:, 0].tolist())
+                held_sims |= set(record_ids(rows)[0].tolist())
             buffer = {
                 "rows": torch.from_numpy(
                     rows if rows is not None else np.zeros((0, 0), dtype=np.uint8)

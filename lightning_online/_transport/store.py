@@ -125,8 +125,7 @@ def fields_of(rows: np.ndarray) -> tuple[list[torch.Tensor], tuple[np.ndarray, n
         )
         for f in fields
     ]
-    head = np.ascontiguousarray(rows[:, 8:24]).view(np.int64)
-    return out, (head[:, 0].copy(), head[:, 1].copy()), bool(header[0] == MAGIC_BARE)
+    return out, record_ids(rows), bool(header[0] == MAGIC_BARE)
 
 
 class SlotStore:
