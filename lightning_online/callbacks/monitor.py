@@ -467,13 +467,15 @@ def format_summary(summary: Mapping[str, Any], dm: OnlineDataModule | None = Non
     ]
     if summary["val_runs"]:
         where = f" at step {summary['val_step']}" if summary.get("val_step") is not None else ""
+        # two rows, so that the table fits 80 columns
         rows.append(
             (
                 "validation error",
                 f"mean {num(summary['val_error_mean'])}, p95 {num(summary['val_error_p95'])}, "
-                f"max {num(summary['val_error_max'])} ({summary['val_runs']} runs{where})",
+                f"max {num(summary['val_error_max'])}",
             )
         )
+        rows.append(("  of", f"{summary['val_runs']} validation runs{where}"))
     else:
         rows.append(("validation error", "- (no validation runs: set data.val_parameters)"))
     if dm is not None and failed:

@@ -180,21 +180,26 @@ class StudyProgressLog(_IntegerCounts, ProgressBar):
             return
         now = time.monotonic()
         if trainer.global_step != self._printed_step:
-            self._line(trainer, pl_module, now)
+            self._line(trainer, pl_module, now, final=True)
         self.print(f"training ended at step {trainer.global_step} after {now - self._start:.1f} s")
 
     # ------------------------------------------------------------------ internals
-    def _line(self, trainer: pl.Trainer, pl_module: pl.LightningModule, now: float) -> None:
+    def _line(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, now: float, final: bool = False
+    ) -> None:
         step = trainer.global_step
         limit = trainer.max_steps if trainer.max_steps not in (None, -1) else None
         dm = getattr(trainer, "datamodule", None)
-        if isinstance(dm, OnlineDataModule):  # the study's expected length, or unknown
-            limit = expected_steps(dm.stats, dm.n_simulations, step, limit)
+        study = isinstance(dm, OnlineDataModule)
+        if isinstance(dm, OnlineDataModule):  # its expected length, or unknown; one epoch
+            limit = None if final else expected_steps(dm.stats, dm.n_simulations, step, limit)
         where = f"step {step}/{limit}" if limit is not None else f"step {step}"
+        if not study:
+            where += f" epoch {trainer.current_epoch}"
         elapsed = now - self._last_time
         rate = (step - self._last_step) / elapsed if elapsed > 0 else 0.0
         metrics = self.get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
-        self.print(f"{where} epoch {trainer.current_epoch} | {rate:.3g} steps/s | {shown}".rstrip())
+        self.print(f"{where} | {rate:.3g} steps/s | {shown}".rstrip())
         self._last_time, self._last_step, self._printed_step = now, step, step
