@@ -253,7 +253,8 @@ def test_a_failing_solver_is_shown_with_its_file_and_line_and_called_determinist
     # Shown without any logging set-up, with the user's file and line, once per distinct error.
     assert f'File "{script}", line 13, in solver' in err, err[-3000:]
     assert "<dynamic-code>" not in err
-    assert err.count("later failures with the same error are not shown again") == 1
+    # once per distinct error and study (two studies here), however many runs fail with it
+    assert err.count("later failures with the same error are not shown again") == 2
     assert "the failure is deterministic" in err
     failed, completed = out.stdout.split("STATS ")[1].split()[:2]
     assert float(completed) == 6 and float(failed) >= 2
@@ -269,12 +270,13 @@ class _Slow:
 
 
 @pytest.mark.timeout(180)
-def test_runs_stopped_in_flight_are_counted_and_shown(capsys):
+def test_runs_stopped_in_flight_are_counted_and_shown(tmp_path):
     dm = OnlineDataModule(
         _Slow(), ParameterSpace([0], [1]), n_simulations=20, batch_size=2, buffer=FIFO(64, 2)
     )
     monitor = StudyMonitor(plot=False)
-    _quiet_trainer(max_steps=3, callbacks=[monitor]).fit(Regressor(2, 1), dm)
+    trainer = _quiet_trainer(max_steps=3, callbacks=[monitor], default_root_dir=tmp_path)
+    trainer.fit(Regressor(2, 1), dm)
     s = dm.stats
     assert s["stopped"] >= 1 and s["running"] == 0
     assert s["launched"] == s["completed"] + s["failed"] + s["stopped"]
@@ -285,7 +287,9 @@ def test_runs_stopped_in_flight_are_counted_and_shown(capsys):
 def test_the_validation_error_picture_as_a_person_opens_it(tmp_path):
     from matplotlib.image import imread
 
-    space = ParameterSpace([0.0, 0.0, 1e-3], [1.0, 1.0, 1.0], ["a", "b", "nu"], log=[False, False, True])
+    space = ParameterSpace(
+        [0.0, 0.0, 1e-3], [1.0, 1.0, 1.0], ["a", "b", "nu"], log=[False, False, True]
+    )
     rng = np.random.default_rng(0)
     theta = space.from_unit(rng.random((16, 3)))
     loss = 1e-3 * (1 + 20 * theta[:, 1] ** 2) * (1 + 5 * (theta[:, 2] < 0.01))
