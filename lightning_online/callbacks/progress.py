@@ -34,7 +34,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar
 
-from lightning_online.callbacks.monitor import _IntegerCounts, expected_steps
+from lightning_online.callbacks.bars import _IntegerCounts, expected_steps
 from lightning_online.data import OnlineDataModule
 
 __all__ = ["StudyProgressLog"]
