@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import logging
 import pickle
+import re
 import time
 import types
 import warnings
@@ -824,10 +825,11 @@ class OnlineDataModule(pl.LightningDataModule):
                 continue
             key = _failure_key(run.reason)
             theta = np.array2string(np.asarray(run.theta), precision=4, separator=", ")
+            exact = _failure_key(run.reason, exact=True)
             again = run.attempt > 0 and any(
                 r.attempt == run.attempt - 1
                 and np.array_equal(r.theta, run.theta)
-                and _failure_key(r.reason) == key
+                and _failure_key(r.reason, exact=True) == exact
                 for r in recent
             )
             if again:
@@ -985,12 +987,16 @@ def _dtype_name(dtype: torch.dtype | None) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _failure_key(reason: str) -> str:
+def _failure_key(reason: str, exact: bool = False) -> str:
     """What makes two failures the same error: the error's own line (the last one of a
-    traceback) and where it was raised (the last ``File ..., line ...`` of the traceback)."""
+    traceback) and where it was raised (the last ``File ..., line ...`` of the traceback); the
+    numbers in the error's line (a run's parameters, a step) do not count unless ``exact``."""
     lines = [x.strip() for x in (reason or "").strip().splitlines() if x.strip()]
     where = next((x for x in reversed(lines) if x.startswith('File "')), "")
-    return f"{lines[-1] if lines else ''} @ {where}"
+    what = lines[-1] if lines else ""
+    if not exact:
+        what = re.sub(r"[-+]?\d[\d.eE+-]*", "#", what)
+    return f"{what} @ {where}"
 
 
 def _indent(text: str) -> str:
