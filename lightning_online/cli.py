@@ -2,6 +2,8 @@
 
 ::
 
+    lightning-online recipes                      # the recipes shipped with the package
+    lightning-online fit --config heat2d          # a shipped recipe, by name
     lightning-online fit --config recipes/heat2d.yaml
     lightning-online fit --config recipes/heat2d.yaml --trainer.max_steps=200 --data.n_simulations=32
     lightning-online fit --config recipes/heat2d.yaml --data.sampler=Breed --trainer.callbacks+=ActiveSampling
@@ -10,6 +12,11 @@
 
 What differs from a plain ``LightningCLI``:
 
+* The recipes ship in the package (``lightning_online/recipes/*.yaml``, the same files as the
+  repository's ``recipes/``): ``--config NAME`` takes a recipe's name where no file ``NAME``
+  exists, and ``lightning-online recipes`` lists them, one line each.
+* A wrong option is told in one line, with the nearest known option (``--data.n_simulation``:
+  did you mean ``--data.n_simulations``?), not after the whole usage.
 * ``data`` is always an :class:`~lightning_online.OnlineDataModule`: its arguments sit directly
   under ``data:`` (``data.solver``, ``data.space``, ``data.n_simulations``, ...); ``model`` is
   any LightningModule, given by ``class_path``.
@@ -44,12 +51,15 @@ What differs from a plain ``LightningCLI``:
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
+import re
 import sys
 import warnings
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 from lightning.pytorch import Trainer
@@ -69,7 +79,104 @@ from lightning_online.sampling.error_model import ErrorModel  # noqa: F401
 from lightning_online.sampling.samplers import Halton, LatinHypercube, ParameterSpace, Uniform  # noqa: F401
 from lightning_online.sampling.steering import Breed, LossProportional  # noqa: F401
 
-__all__ = ["OnlineCLI", "auto_num_threads", "main", "mpi_world_size"]
+__all__ = ["OnlineCLI", "auto_num_threads", "main", "mpi_world_size", "recipes"]
+
+#: Where the shipped recipes are (package data).
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def recipes() -> dict[str, Path]:
+    """The recipes shipped with the package: ``{name: path}``, by name."""
+    return {p.stem: p for p in sorted(RECIPES.glob("*.yaml"))}
+
+
+def _recipe_line(path: Path, width: int = 60) -> str:
+    """What a recipe studies, in at most ``width`` characters: the first clause of its first
+    comment line (a steered variant says which recipe it steers), cut at a word."""
+    comments = [x.lstrip("# ").strip() for x in path.read_text().splitlines() if x.startswith("#")]
+    steered = next((x for x in comments if x.startswith("Steered version of")), None)
+    if steered is not None:
+        base = re.sub(r"Steered version of recipes/(\w+)\.yaml.*", r"\1", steered)
+        text = f"{base}, steered by the loss (Breed + ActiveSampling)"
+    else:
+        text = re.split(r":\s|(?<=\)),\s", comments[0] if comments else "")[0]
+        text = re.sub(r"recipes/(\w+)\.yaml", r"\1", text).rstrip(".")
+    if len(text) > width:
+        text = text[: width - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+    return text
+
+
+def _list_recipes() -> str:
+    found = recipes()
+    width = max((len(n) for n in found), default=0)
+    lines = [f"{name:<{width}}  {_recipe_line(path, 77 - width)}" for name, path in found.items()]
+    lines.append("run one: lightning-online fit --config NAME (its file: --print_config)")
+    return "\n".join(lines)
+
+
+def _resolve_configs(argv: list[str]) -> list[str]:
+    """``--config NAME`` / ``-c NAME`` / ``--config=NAME`` with a shipped recipe's name (and no
+    such file here) becomes that recipe's path; a name that is neither is refused in one line
+    with the nearest recipe names."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg in ("--config", "-c") and i + 1 < len(out):
+            j, value, prefix = i + 1, out[i + 1], ""
+        elif arg.startswith("--config="):
+            j, value, prefix = i, arg.partition("=")[2], "--config="
+        else:
+            continue
+        if os.path.exists(value) or value.lstrip().startswith(("{", "[")) or "\n" in value:
+            continue
+        name = Path(value).name.removesuffix(".yaml").removesuffix(".yml")
+        found = recipes()
+        if name in found and os.sep not in value.rstrip(os.sep).removeprefix("recipes/"):
+            out[j] = prefix + str(found[name])
+            continue
+        near = difflib.get_close_matches(name, list(found), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        raise SystemExit(
+            f"error: --config {value}: no such file, nor a recipe of the package{hint} "
+            "(lightning-online recipes lists them)"
+        )
+    return out
+
+
+class OnlineArgumentParser(LightningArgumentParser):
+    """The CLI's parser: an error is one line, with the nearest option for a misspelt one,
+    instead of the whole usage."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        known = _option_names(parser)
+        hints = []
+        for wrong in dict.fromkeys(re.findall(r"(--[\w.\-]+)", message)):
+            if wrong in known:
+                continue
+            near = difflib.get_close_matches(wrong, known, n=1, cutoff=0.75)
+            if near:
+                hints.append(f"{wrong}: did you mean {near[0]}?")
+        lines = message.strip().splitlines() or ["bad arguments"]
+        prog = parser.prog.replace(" [options]", "")
+        help_hint = f"({prog} --help lists the options)"
+        if hints:
+            sys.stderr.write(f"error: {lines[0]}; {' '.join(hints)} {help_hint}\n")
+        else:  # the problem and its detail, without the usage
+            detail = [x.strip() for x in lines[1:21] if x.strip()]
+            sys.stderr.write("\n  ".join([f"error: {lines[0]}", *detail]) + f"\n{help_hint}\n")
+        sys.exit(2)
+
+
+def _option_names(parser: Any) -> list[str]:
+    """Every option string of ``parser`` and of its subcommands' parsers."""
+    names = [s for s in getattr(parser, "_option_string_actions", {}) if s.startswith("--")]
+    for action in getattr(parser, "_actions", []):
+        for sub in (getattr(action, "_name_parser_map", None) or {}).values():
+            names += _option_names(sub)
+    return sorted(set(names))
+
 
 #: jsonargparse parser mode of the CLI: YAML with OmegaConf interpolation.
 PARSER_MODE = "omegaconf"
@@ -113,6 +220,7 @@ class OnlineCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("datamodule_class", OnlineDataModule)
+        kwargs.setdefault("parser_class", OnlineArgumentParser)
         kwargs.setdefault("subclass_mode_data", False)
         parser_kwargs = dict(kwargs.pop("parser_kwargs", None) or {})
         parser_kwargs.setdefault("parser_mode", PARSER_MODE)
@@ -121,12 +229,15 @@ class OnlineCLI(LightningCLI):
         save_kwargs = dict(kwargs.pop("save_config_kwargs", None) or {})
         save_kwargs.setdefault("overwrite", True)
         kwargs["save_config_kwargs"] = save_kwargs
+        defaults = dict(kwargs.pop("trainer_defaults", None) or {})
+        # The stream is one epoch that ends with the study: no epoch limit (Lightning would
+        # otherwise warn that it sets one of 1000 when a recipe leaves max_steps at -1).
+        defaults.setdefault("max_epochs", -1)
         if mpi_world_size() > 1 and "SLURM_NTASKS" not in os.environ:
             # A class path, not an instance: the saved config.yaml must stay serialisable.
             mpi_env = {"class_path": "lightning.pytorch.plugins.environments.MPIEnvironment"}
-            defaults = dict(kwargs.pop("trainer_defaults", None) or {})
             defaults.setdefault("plugins", [mpi_env])
-            kwargs["trainer_defaults"] = defaults
+        kwargs["trainer_defaults"] = defaults
         self.torch_num_threads: int | None = None
         threads = torch.get_num_threads()
         try:
@@ -146,6 +257,11 @@ class OnlineCLI(LightningCLI):
         if argv is None or any(not isinstance(a, str) for a in argv):
             super().parse_arguments(parser, args)
             return
+        resolved = _resolve_configs(argv)
+        if resolved != argv:  # a recipe by name: parse its path (as given on the command line)
+            argv, args = resolved, resolved if args is not None else None
+            if args is None:
+                sys.argv[1:] = resolved
         printing = [a for a in argv if a == "--print_config" or a.startswith("--print_config=")]
         rest = [a for a in argv if a not in printing]
         if args is None and printing:  # as from the shell, without --print_config
@@ -306,6 +422,10 @@ def _follow_interpolations(files: list[str], final: dict[str, Any]) -> dict[str,
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightning-online`` console script (``args``: default ``sys.argv``)."""
+    given = list(sys.argv[1:] if args is None else args)
+    if given[:1] == ["recipes"]:
+        print(_list_recipes())
+        return
     _one_voice()
     OnlineCLI(args=args)
     # Ranks started by mpiexec or srun exit here, not in Lightning's launcher: a process group

@@ -174,8 +174,9 @@ def test_loggers_hyperparameters_checkpoints_and_the_progress_bar(bar, tmp_path:
     model = Module()
     t.fit(model, dm)
 
-    # The run counts are integers on the bar.
-    assert counts["runs_done"] == 6 and isinstance(counts["runs_done"], int)
+    # The study's figures come first on the bar, the counts as integers (no v_num).
+    assert list(counts)[:3] == ["runs", "failed", "buf"] and "v_num" not in counts
+    assert counts["runs"] == "6+0/6" and counts["failed"] == 0
     # The study's configuration is in the loggers (a summary: plain values).
     saved = yaml.safe_load((Path(loggers[0].log_dir) / "hparams.yaml").read_text())
     study = saved["study"]

@@ -57,7 +57,9 @@ def test_summary_figures_and_table():
     table = format_summary(s)
     for text in ("runs launched", "samples streamed", "mean reuse per sample", "3.00"):
         assert text in table
-    assert "mean 0.15, p95 0.195, max 0.2 (2 runs at step 40)" in table
+    assert "mean 0.15, p95 0.195, max 0.2\n" in table
+    assert "2 validation runs at step 40" in table
+    assert all(len(line) <= 80 for line in table.splitlines())
 
 
 def test_summary_lists_failures_and_missing_validation():
@@ -76,7 +78,9 @@ def test_plot_has_a_panel_per_parameter_with_log_axes(tmp_path):
         dm.val_report["theta"], dm.val_report["loss"], SPACE, launched=dm.launched_parameters
     )
     axes = [ax for ax in fig.axes if ax.get_xlabel()]
-    assert [ax.get_xlabel() for ax in axes] == ["nu (log)", "a"]
+    # a panel per parameter, then the map of the error over both
+    assert [ax.get_xlabel() for ax in axes][:2] == ["nu (log)", "a"]
+    assert axes[2].get_title().startswith("error over")
     assert axes[0].get_xscale() == "log" and axes[1].get_xscale() == "linear"
     assert axes[0].get_yscale() == "log"
     fig.savefig(tmp_path / "x.png")

@@ -29,7 +29,7 @@ def test_counters_are_the_stats_keys_the_vector_and_the_checkpoint():
     assert "running" not in SAVED and set(SAVED) | {"running"} == set(COUNTERS)
     assert not set(AGREEMENT) & set(COUNTERS)
     c = Counters(launched=3, samples_served=7)
-    assert c.vector() == [3, 0, 0, 0, 0, 0, 7, 0, 0]
+    assert c.vector() == [3, 0, 0, 0, 0, 0, 7, 0, 0, 0]  # ..., samples_from_failed, stopped
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,9 @@ class Counters:
     # already be served) and its retry streams its own: these are counted here, so that
     # samples_received = samples of completed runs + samples_from_failed (+ runs in flight).
     samples_from_failed: int = 0
+    # Runs ended in flight when fit ended (max_steps, max_time, an interrupt): neither
+    # completed nor failed; their samples stay in samples_received.
+    stopped: int = 0
 
     def vector(self) -> list[int]:
         return [getattr(self, name) for name in COUNTERS]

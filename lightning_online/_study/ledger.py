@@ -191,6 +191,21 @@ class Study:
             self.runs[sim_id] = Run(sim_id, theta, attempt, self.group.rank)
             return sim_id, theta
 
+    def stop_in_flight(self) -> int:
+        """The runs still in flight end as *stopped* (fit ended while they ran; training
+        thread, after the pool stopped): counted in ``stopped``, no longer in ``running``.
+        Returns how many training runs were stopped."""
+        n = 0
+        with self._lock:
+            for run in self.runs.values():
+                if run.in_flight:
+                    run.move(RunState.STOPPED)
+                    self.count.running -= 1
+                    if not run.validation:
+                        self.count.stopped += 1
+                        n += 1
+        return n
+
     def has_room(self) -> bool:
         """Whether a message of samples may be received now (receiver thread; a query that
         changes nothing: call :meth:`drain` first). Never while samples wait in the stash."""

@@ -188,7 +188,9 @@ def run(inp: BinaryIO, out: BinaryIO, ring: Ring | None = None) -> None:
                 else:
                     write_frame(out, b"D", struct.pack("<q", n_steps))
         except Exception as exc:
-            tb = traceback.format_exc(limit=-4)
+            # The solver's frames only (not this loop's): the user's file and line come first.
+            inner = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+            tb = "".join(traceback.format_exception(type(exc), exc, inner, limit=-4))
             try:
                 what = f"{type(exc).__name__}: {cap_text(str(exc))}"
             except Exception:  # an exception whose str() fails

@@ -107,8 +107,16 @@ def check_step(fields: tuple[np.ndarray, ...], step: int, first: list[tuple] | N
             return f"step {step}: field {i} contains NaN or Inf"
     sig = [(a.dtype.str, a.shape) for a in fields]
     if first is not None and sig != first:
-        return f"step {step}: fields {sig} differ from the first step's {first} (dtype or shape)"
+        return (
+            f"step {step}: fields {_readable(sig)} differ from the first step's "
+            f"{_readable(first)} (dtype or shape)"
+        )
     return None
+
+
+def _readable(sig: list[tuple]) -> str:
+    """``float32(6,), float32(16, 16)`` for ``[("<f4", (6,)), ("<f4", (16, 16))]``."""
+    return ", ".join(f"{np.dtype(code).name}{tuple(shape)}" for code, shape in sig)
 
 
 def cap_text(

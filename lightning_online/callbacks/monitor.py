@@ -1,11 +1,20 @@
 """``StudyMonitor``: the live view of an online study.
 
-* Progress bar (and logger), every training step: ``runs_launched``, ``runs_done``,
-  ``runs_failed`` and ``buffer_fill`` (share of the buffers' capacity in use), next to the loss;
-  the logger also gets ``study/running``, ``study/samples_streamed``, ``study/samples_served`` and
-  ``study/mean_reuse``.
+* The progress bar, every training step, in front of the loss: ``runs=D+F/B`` (D runs done
+  plus F in flight, of a budget of B), ``failed=N`` and ``buf=P%`` (the buffers' fill), as
+  integers, in Lightning's own bar (the monitor gives the Trainer's progress bar, whichever it
+  is, these figures in place of the four logged ones and without ``v_num``), so that they fit
+  an 80-column terminal: ``37/? [00:02, 15.1it/s, runs=12+2/64, failed=0, buf=45%,
+  train_loss=0.0103]``. The bar's total is the study's expected length, estimated from the
+  share of the budget done (``?`` until a run has completed), or ``max_steps`` when the
+  estimate says that comes first; the stream is one epoch, so ``Epoch 0`` is not shown.
+* The logger, every training step: ``runs_launched``, ``runs_done``, ``runs_failed``,
+  ``buffer_fill``, ``study/running``, ``study/samples_streamed``, ``study/samples_served`` and
+  ``study/mean_reuse`` (also in ``trainer.progress_bar_metrics``).
 * After every validation (not the sanity check): a picture of the per-simulation validation error
-  against each parameter, over a histogram of the parameters launched so far, saved as PNG in the
+  against each parameter, over a histogram of the parameters launched so far (one count scale
+  for every panel, a legend), and with two or more parameters a map of the error over the two
+  parameters that vary it most, the launched runs overlaid; saved as PNG in the
   run's log folder (``val_error_step{N}.png`` and ``val_error_last.png``) and sent to every logger
   that takes figures (TensorBoard's ``add_figure``).
 * At the end of ``fit``: a summary table (runs, samples streamed and served, mean reuse per sample,
@@ -21,13 +30,13 @@ All figures come from ``OnlineDataModule.stats`` (identical on every rank) and
 shows the summary (through Lightning's rank-zero logging, like Lightning's own messages; silence it
 with ``StudyMonitor(summary=False)``). Pictures need matplotlib (the ``plot`` extra); without it
 they are skipped with one warning, and training goes on. ``lightning-online`` always adds a
-``StudyMonitor`` and, unless another progress bar is configured, a :class:`StudyProgressBar`; in
-a script::
+``StudyMonitor`` and, unless another progress bar is configured, a :class:`StudyProgressBar` (a
+terminal) or a :class:`~lightning_online.StudyProgressLog` (anything else); in a script::
 
-    trainer = pl.Trainer(callbacks=[StudyMonitor(), StudyProgressBar()], ...)
+    trainer = pl.Trainer(callbacks=[StudyMonitor()], ...)  # Lightning's default bar shows them
 
-:class:`StudyProgressBar` (tqdm) and :class:`RichStudyProgressBar` (rich) are Lightning's two
-progress bars that show the run counts as integers; any progress bar shows the figures.
+:class:`StudyProgressBar` (tqdm) and :class:`RichStudyProgressBar` (rich) show the same figures
+without a monitor.
 
 Where code runs: Lightning's hooks on the training thread of every rank; only rank 0 prints,
 saves pictures and writes the summary.
@@ -45,30 +54,35 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
-from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_online.callbacks.bars import (
+    PROGRESS_KEYS,
+    RichStudyProgressBar,
+    StudyProgressBar,
+    _close_tqdm,
+    _shape_tqdm,
+    _show_study_on,
+    expected_steps,
+    study_bar_items,
+)
+from lightning_online.callbacks.plots import plot_validation_error
 from lightning_online.data import OnlineDataModule
-from lightning_online.sampling.samplers import ParameterSpace
 
 __all__ = [
     "RichStudyProgressBar",
     "StudyMonitor",
     "StudyProgressBar",
+    "expected_steps",
     "format_summary",
     "plot_validation_error",
+    "study_bar_items",
     "study_summary",
 ]
 
 log = logging.getLogger("lightning_online")
 
-#: Progress-bar names of ``dm.stats`` entries.
-PROGRESS_KEYS = {
-    "runs_launched": "launched",
-    "runs_done": "completed",
-    "runs_failed": "failed",
-    "buffer_fill": "buffer_fill",
-}
 #: Logger-only names of ``dm.stats`` entries.
 LOGGER_KEYS = {
     "study/running": "running",
@@ -82,8 +96,8 @@ class StudyMonitor(Callback):
     """Live view of an online study: progress bar figures, error pictures, a final summary.
 
     Args:
-        prog_bar: show runs launched / done / failed and buffer fill on the progress bar (they
-            go to the logger either way); :class:`StudyProgressBar` shows the counts as integers.
+        prog_bar: show the runs done / in flight / failed of the budget and the buffer fill on
+            the Trainer's progress bar, as integers (they go to the logger either way).
         plot: draw the validation error against the parameters after each validation.
         plot_every_n_validations: draw after every n-th validation only (the last picture is
             always ``val_error_last.png``).
@@ -133,6 +147,9 @@ class StudyMonitor(Callback):
             return
         # trainer.log_dir is collective (a broadcast under DDP): resolve it here, on every rank.
         self._log_dir = trainer.log_dir
+        bar = trainer.progress_bar_callback
+        if self.prog_bar and bar is not None:
+            _show_study_on(bar)
         self.summary = None
         self._n_validations = 0
         self._last_val_step = None
@@ -153,6 +170,14 @@ class StudyMonitor(Callback):
         pl_module.log_dict(bar, on_step=True, on_epoch=False, prog_bar=self.prog_bar)
         rest = {name: float(stats.get(key, 0.0)) for name, key in LOGGER_KEYS.items()}
         pl_module.log_dict(rest, on_step=True, on_epoch=False, prog_bar=False)
+        shown = trainer.progress_bar_callback
+        if self.prog_bar and isinstance(shown, TQDMProgressBar):
+            _shape_tqdm(shown, trainer, self._dm)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        shown = trainer.progress_bar_callback
+        if self._dm is not None and self.prog_bar and isinstance(shown, TQDMProgressBar):
+            _close_tqdm(shown)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = self._dm
@@ -221,37 +246,6 @@ class StudyMonitor(Callback):
                 add_figure("study/val_error", fig, global_step=trainer.global_step, close=False)
 
 
-#: Progress-bar figures that are counts (logged as floats, shown as integers).
-COUNT_KEYS = ("runs_launched", "runs_done", "runs_failed")
-
-
-class _IntegerCounts:
-    """Shows the run counts as ``64``, not ``64.000`` (logged values are floats)."""
-
-    def get_metrics(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> dict[str, int | str | float | dict[str, float]]:
-        items = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
-        for key in COUNT_KEYS:
-            value = items.get(key)
-            if isinstance(value, float) and value.is_integer():
-                items[key] = int(value)
-        return items
-
-
-class StudyProgressBar(_IntegerCounts, TQDMProgressBar):
-    """Lightning's tqdm progress bar, with the run counts of :class:`StudyMonitor` shown as
-    integers. Takes :class:`~lightning.pytorch.callbacks.TQDMProgressBar`'s arguments
-    (training process, rank 0 draws)."""
-
-
-class RichStudyProgressBar(_IntegerCounts, RichProgressBar):
-    """Lightning's rich progress bar (needs ``rich``), with the run counts of
-    :class:`StudyMonitor` shown as integers. Takes
-    :class:`~lightning.pytorch.callbacks.RichProgressBar`'s arguments (training process, rank 0
-    draws)."""
-
-
 def study_summary(dm: OnlineDataModule, val_step: int | None = None) -> dict[str, Any]:
     """The summary figures of a study: counters from ``dm.stats``, errors from ``dm.val_report``."""
     s = dm.stats
@@ -259,6 +253,7 @@ def study_summary(dm: OnlineDataModule, val_step: int | None = None) -> dict[str
         "runs_launched": int(s.get("launched", 0)),
         "runs_completed": int(s.get("completed", 0)),
         "runs_failed": int(s.get("failed", 0)),
+        "runs_stopped": int(s.get("stopped", 0)),
         "samples_streamed": int(s.get("samples_received", 0)),
         "samples_rejected": int(s.get("samples_rejected", 0)),
         "samples_served": int(s.get("samples_served", 0)),
@@ -296,19 +291,26 @@ def format_summary(summary: Mapping[str, Any], dm: OnlineDataModule | None = Non
         ("runs launched", str(launched)),
         ("runs completed", str(summary["runs_completed"])),
         ("runs failed", f"{failed}{share}"),
+        (
+            "runs stopped in flight",
+            f"{summary.get('runs_stopped', 0)}"
+            + (" (fit ended before they did)" if summary.get("runs_stopped") else ""),
+        ),
         ("samples streamed", str(summary["samples_streamed"])),
         ("samples served", str(summary["samples_served"])),
         ("mean reuse per sample", f"{summary['mean_reuse']:.2f}"),
     ]
     if summary["val_runs"]:
         where = f" at step {summary['val_step']}" if summary.get("val_step") is not None else ""
+        # two rows, so that the table fits 80 columns
         rows.append(
             (
                 "validation error",
                 f"mean {num(summary['val_error_mean'])}, p95 {num(summary['val_error_p95'])}, "
-                f"max {num(summary['val_error_max'])} ({summary['val_runs']} runs{where})",
+                f"max {num(summary['val_error_max'])}",
             )
         )
+        rows.append(("  of", f"{summary['val_runs']} validation runs{where}"))
     else:
         rows.append(("validation error", "- (no validation runs: set data.val_parameters)"))
     if dm is not None and failed:
@@ -321,56 +323,3 @@ def format_summary(summary: Mapping[str, Any], dm: OnlineDataModule | None = Non
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     rule = "-" * max(len(line) for line in [*lines, "online study summary"])
     return "\n".join(["", "online study summary", rule, *lines, rule])
-
-
-def plot_validation_error(
-    theta: np.ndarray,
-    loss: np.ndarray,
-    space: ParameterSpace,
-    *,
-    launched: np.ndarray | None = None,
-    title: str = "validation error per run",
-    max_dims: int = 8,
-) -> Any:
-    """A matplotlib ``Figure``: per-run validation error against each parameter.
-
-    One panel per parameter (the first ``max_dims``): each validation run is a dot at its
-    parameter value and error (log axes for log parameters and for the error when it is
-    positive), over a light histogram of the launched runs' parameters (right axis), which shows
-    where in parameter space the study went. Needs matplotlib (pyplot is not used).
-    """
-    from matplotlib.figure import Figure  # optional dependency: the `plot` extra
-
-    theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
-    loss = np.asarray(loss, dtype=np.float64)
-    d = min(space.dim, max_dims)
-    ok = np.isfinite(loss)
-    fig = Figure(figsize=(3.0 * d, 3.0), layout="constrained")
-    axes = fig.subplots(1, d, squeeze=False, sharey=True)[0]
-    positive = bool(ok.any() and np.all(loss[ok] > 0))
-    for i, ax in enumerate(axes):
-        lo, hi = float(space.low[i]), float(space.high[i])
-        is_log = bool(space.log[i])
-        if launched is not None and len(launched):
-            twin = ax.twinx()
-            if is_log:
-                bins = np.logspace(np.log10(lo), np.log10(hi), 21)
-            else:
-                bins = np.linspace(lo, hi, 21)
-            counts, _, _ = twin.hist(launched[:, i], bins=bins, color="0.85", zorder=0)
-            twin.set_ylim(0, 2.0 * max(1.0, float(np.max(counts))))  # bars in the lower half
-            twin.set_ylabel("runs launched" if i == d - 1 else "", color="0.5")
-            twin.tick_params(axis="y", colors="0.5", labelsize=7)
-            ax.set_zorder(twin.get_zorder() + 1)
-            ax.patch.set_visible(False)
-        ax.scatter(theta[ok, i], loss[ok], s=18, c="C0", edgecolors="k", linewidths=0.3)
-        if is_log:
-            ax.set_xscale("log")
-        if positive:
-            ax.set_yscale("log")
-        ax.set_xlim(lo, hi)
-        ax.set_xlabel(space.names[i] + (" (log)" if is_log else ""))
-        ax.tick_params(labelsize=7)
-    axes[0].set_ylabel("validation error (per run)")
-    fig.suptitle(title, fontsize=9)
-    return fig

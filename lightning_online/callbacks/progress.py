@@ -7,8 +7,9 @@ prints one plain line (``print(..., flush=True)``, no ``\\r``, no escape sequenc
 
 * every ``every_n_steps`` optimizer steps and/or every ``every_s`` seconds, whichever comes first
   (a line per time interval at most once per step), with the step, the rate since the previous
-  line, and the progress-bar metrics (loss, and the study's run counts of
-  :class:`~lightning_online.StudyMonitor`, counts as integers);
+  line, and the progress-bar metrics: the study's figures first (``runs=D+F/B``: D runs done
+  plus F in flight of a budget of B, ``failed=N``, ``buf=P%``), then the loss and what else the
+  model shows on its bar;
 * one line after each validation, with the metrics that validation logged;
 * one line when training starts and one when it ends.
 
@@ -33,7 +34,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar
 
-from lightning_online.callbacks.monitor import _IntegerCounts
+from lightning_online.callbacks.bars import _IntegerCounts, expected_steps
+from lightning_online.data import OnlineDataModule
 
 __all__ = ["StudyProgressLog"]
 
@@ -132,7 +134,12 @@ class StudyProgressLog(_IntegerCounts, ProgressBar):
         if not self._enabled:
             return
         limit = trainer.max_steps if trainer.max_steps not in (None, -1) else None
-        extent = f"up to step {limit}" if limit is not None else "until the study's data ends"
+        dm = getattr(trainer, "datamodule", None)
+        if isinstance(dm, OnlineDataModule):
+            extent = f"until the study's {dm.n_simulations} runs are done and served"
+            extent += f", at most to step {limit}" if limit is not None else ""
+        else:
+            extent = f"up to step {limit}" if limit is not None else "until the data ends"
         self.print(f"training: from step {trainer.global_step}, {extent}")
 
     def on_train_batch_end(
@@ -173,18 +180,26 @@ class StudyProgressLog(_IntegerCounts, ProgressBar):
             return
         now = time.monotonic()
         if trainer.global_step != self._printed_step:
-            self._line(trainer, pl_module, now)
+            self._line(trainer, pl_module, now, final=True)
         self.print(f"training ended at step {trainer.global_step} after {now - self._start:.1f} s")
 
     # ------------------------------------------------------------------ internals
-    def _line(self, trainer: pl.Trainer, pl_module: pl.LightningModule, now: float) -> None:
+    def _line(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, now: float, final: bool = False
+    ) -> None:
         step = trainer.global_step
         limit = trainer.max_steps if trainer.max_steps not in (None, -1) else None
+        dm = getattr(trainer, "datamodule", None)
+        study = isinstance(dm, OnlineDataModule)
+        if isinstance(dm, OnlineDataModule):  # its expected length, or unknown; one epoch
+            limit = None if final else expected_steps(dm.stats, dm.n_simulations, step, limit)
         where = f"step {step}/{limit}" if limit is not None else f"step {step}"
+        if not study:
+            where += f" epoch {trainer.current_epoch}"
         elapsed = now - self._last_time
         rate = (step - self._last_step) / elapsed if elapsed > 0 else 0.0
         metrics = self.get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
-        self.print(f"{where} epoch {trainer.current_epoch} | {rate:.3g} steps/s | {shown}".rstrip())
+        self.print(f"{where} | {rate:.3g} steps/s | {shown}".rstrip())
         self._last_time, self._last_step, self._printed_step = now, step, step

@@ -20,22 +20,24 @@ import hashlib
 import inspect
 import logging
 import pickle
+import re
 import time
 import types
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import cloudpickle
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_online._study.agreement import STATS_KEYS
 from lightning_online._study.ledger import Study, StudyError
-from lightning_online._study.runs import Run, RunState
+from lightning_online._study.runs import Run
 from lightning_online._transport.pool import ReceiverPool, WorkerPool
 from lightning_online._util.capture import (
     LossFn,
@@ -147,6 +149,24 @@ class OnlineDataModule(pl.LightningDataModule):
             training had not seen is then recorded as unfinished and simulated again, whole, on
             resume (nothing is lost, but its compute is spent twice). See
             docs/fault-tolerance.md for what it costs in checkpoint size.
+        dtype: what batches hold of the solver's floating-point fields. ``"auto"`` (default):
+            they are cast, as batches are gathered, to the floating dtype of the model's
+            parameters (torch's default dtype, ``float32``, when it has none or several), so a
+            solver that yields ``float64`` (numpy's default, ``scipy.integrate.solve_ivp``'s)
+            trains a ``float32`` model; a one-time notice says so (yield ``float32`` to save
+            the conversion and half the memory per sample). ``"keep"``: as yielded; a first
+            batch whose floating dtype is not the model's is refused with an error that names
+            the fix. A torch floating dtype (``torch.float64``, or its name ``"float64"``):
+            cast to it. Integer, boolean and complex fields are never cast. Validation batches
+            are treated alike.
+        warn_after_silence: seconds without any new sample after which a warning names the
+            runs in flight and how long each has run (repeated after twice as long, and so
+            on, until samples flow again); ``None``: never. A solver that hangs is ended only
+            by ``run_timeout``.
+        stop_on_deterministic_failure: a run that fails on retry with the same error as its
+            previous attempt (same parameters) is called deterministic in its warning; with
+            ``True`` the study then stops at once with that error, rather than redrawing the
+            parameters and going on.
     """
 
     def __init__(
@@ -169,12 +189,18 @@ class OnlineDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         resume: str = "strict",
         checkpoint_buffer: bool = True,
+        dtype: str | torch.dtype = "auto",
+        warn_after_silence: float | None = 120.0,
+        stop_on_deterministic_failure: bool = False,
     ) -> None:
         super().__init__()
         if not callable(solver):
             raise TypeError(f"solver must be callable, got {type(solver).__name__}")
         try:
-            self._solver_bytes = cloudpickle.dumps(solver)
+            self._solver_bytes = cloudpickle.dumps(solver)  # its digest: see fingerprint()
+            # What the workers get: the same, with the source files of the solver's code kept
+            # (cloudpickle writes "<dynamic-code>"), so a traceback names the user's file and line
+            self._solver_payload = _dumps_keeping_files(solver)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise ValueError(
                 f"the solver {solver!r} cannot be pickled ({exc}); solver runs happen in other "
@@ -223,6 +249,13 @@ class OnlineDataModule(pl.LightningDataModule):
         self.pin_memory = check_choice(pin_memory, "pin_memory", (True, False, None))
         self.resume = check_choice(resume, "resume", ("strict", "relaxed"))
         self.checkpoint_buffer = check_choice(checkpoint_buffer, "checkpoint_buffer", (True, False))
+        self.dtype = _check_dtype(dtype)
+        self.warn_after_silence = check_optional_real(
+            warn_after_silence, "warn_after_silence", positive=True
+        )
+        self.stop_on_deterministic_failure = check_choice(
+            stop_on_deterministic_failure, "stop_on_deterministic_failure", (True, False)
+        )
         if isinstance(solver, ExternalSolver):
             solver.check_dim(space.dim)
 
@@ -245,6 +278,13 @@ class OnlineDataModule(pl.LightningDataModule):
         self._final_missing = ""
         # The Trainer's count of processed batches when the stream was first served.
         self._batch_base: int | None = None
+        # What a person is told, once: casts made, failures by reason, silences.
+        self._cast_to: dict[torch.dtype, torch.dtype] | None = None
+        self._cast_noticed = False
+        self._failures_seen = 0
+        self._failure_keys: set[str] = set()
+        self._quiet_mark: tuple[int, float] = (-1, 0.0)
+        self._silence_warnings = 0
 
     def _check_val(
         self, val: int | list[list[float]] | np.ndarray | None
@@ -398,7 +438,7 @@ class OnlineDataModule(pl.LightningDataModule):
             # The programs connect straight to this rank: no worker, no sandbox per run.
             pool, what = ExternalPool, self.solver
         else:
-            pool, what = WorkerPool, self._solver_bytes
+            pool, what = WorkerPool, self._solver_payload  # type: ignore[assignment]
         self._pool = pool(
             what,  # type: ignore[arg-type]
             self.n_workers,
@@ -425,9 +465,11 @@ class OnlineDataModule(pl.LightningDataModule):
         pool.wake()
         attempts = dict.fromkeys(ids, 0)
         problem = ""
+        self._quiet_mark, self._silence_warnings = (-1, 0.0), 0
         while True:
             # Ranks decide together (one small all-gather per round): a rank that gives up alone
             # would leave the others waiting in a collective.
+            self._watch_silence(sum(len(v) for v in study.val_samples.values()), "validation ")
             if not problem and pool.error is not None:
                 problem = f"the solver workers failed during validation: {pool.error}"
             runs = [study.runs.get(i) for i in ids]
@@ -496,6 +538,7 @@ class OnlineDataModule(pl.LightningDataModule):
             self._report = _ValidationReport(self)
         batches = _ValidationBatches(self._val_set, self.val_batch_size, rank, size)
         batches.report = self._report
+        batches.cast = self._cast
         return batches  # type: ignore[return-value]
 
     #: Lightning decides whether there is a validation loop, and whether to warn "You passed in
@@ -673,9 +716,18 @@ class OnlineDataModule(pl.LightningDataModule):
         wait = 0.02 if group.size > 1 else 0.1
         study.start_serving()
         self._batch_base = self._processed()
+        self._cast_to = None  # decided again at the first batch (the model may have changed)
+        self._quiet_mark, self._silence_warnings = (-1, 0.0), 0
         while True:
-            decision = study.sync(error=pool.error is not None or not pool.alive)
+            stop = self._surface_failures()
+            try:
+                decision = study.sync(error=pool.error is not None or not pool.alive or bool(stop))
+            except StudyError:
+                if stop:  # this rank's deterministic failure, told as it is
+                    raise StudyError(stop) from None
+                raise
             self._stats = decision.stats
+            self._watch_silence(int(decision.stats.get("samples_received", 0)), "")
             if decision.finish:
                 # An exhausted iterable ends the epoch, not fit: Lightning would start another
                 # epoch (max_epochs is unbounded when max_steps is set) whose iterator yields
@@ -691,9 +743,167 @@ class OnlineDataModule(pl.LightningDataModule):
             if decision.batches:  # every rank serves as many before the next agreement
                 for _ in range(decision.batches):
                     study.consumed(self._trained_batches())
-                    yield study.take()
+                    yield self._cast(study.take())
             else:
                 study.buffer.wait_ready(min(self.batch_size, study.buffer.capacity), wait)
+
+    # ------------------------------------------------------------------ what a person is told
+    def _cast(self, batch: Any) -> Any:
+        """``batch`` (a tensor or a list of tensors) with its floating fields in the dtype that
+        ``dtype`` asks (training thread; decided at the first batch of each pass)."""
+        tensors = [batch] if isinstance(batch, torch.Tensor) else batch
+        if self._cast_to is None:
+            self._cast_to = self._decide_cast(tensors)
+        if not self._cast_to:
+            return batch
+        pin = self._study is not None and self._study.pin_memory
+        out = []
+        for t in tensors:
+            to = self._cast_to.get(t.dtype)
+            if to is not None:
+                t = t.to(to).pin_memory() if pin else t.to(to)
+            out.append(t)
+        return out[0] if isinstance(batch, torch.Tensor) else type(batch)(out)
+
+    def _decide_cast(self, tensors: list[torch.Tensor]) -> dict[torch.dtype, torch.dtype]:
+        floating = sorted({t.dtype for t in tensors if t.is_floating_point()}, key=str)
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        params = (
+            {p.dtype for p in module.parameters() if p.is_floating_point()}
+            if module is not None
+            else set()
+        )
+        model = next(iter(params)) if len(params) == 1 else None
+        names = ", ".join(_dtype_name(d) for d in floating)
+        if self.dtype == "keep":
+            other = [d for d in floating if model is not None and d != model]
+            if other:
+                raise TypeError(
+                    f"the solver yields {names} samples and OnlineDataModule(dtype='keep') "
+                    f"keeps them, but the model's parameters are {_dtype_name(model)}: its "
+                    "first layer would fail on them. Leave dtype='auto' (samples are cast to "
+                    "the model's dtype), yield "
+                    f"{_dtype_name(model)} from the solver (e.g. .astype(np.{_dtype_name(model)})), "
+                    "or make the model use the samples' dtype (e.g. model.double())"
+                )
+            return {}
+        target = self.dtype if isinstance(self.dtype, torch.dtype) else None
+        if target is None:
+            target = model if model is not None else torch.get_default_dtype()
+        cast = {d: target for d in floating if d != target}
+        if cast and not self._cast_noticed:
+            self._cast_noticed = True
+            why = (
+                f"OnlineDataModule(dtype={self.dtype!r})"
+                if target is self.dtype
+                else "the model's parameters"
+                if model is not None
+                else "torch's default dtype"
+            )
+            rank_zero_info(
+                f"OnlineDataModule: the solver yields {', '.join(map(_dtype_name, cast))} "
+                f"samples; batches hold them as {_dtype_name(target)} ({why}). Yield "
+                f"{_dtype_name(target)} from the solver to save the conversion and memory, or "
+                "pass dtype='keep' to train on them as they are."
+            )
+        return cast
+
+    def _surface_failures(self) -> str:
+        """Show this rank's new failed runs as warnings, once per distinct error (shown without
+        any logging set-up), calling a retry that fails with its previous attempt's error
+        deterministic. Returns why the study must stop (a deterministic failure under
+        ``stop_on_deterministic_failure``), else ``""``. Training thread."""
+        study = self._study
+        if study is None or study.count.failed == self._failures_seen:
+            return ""
+        new = study.count.failed - self._failures_seen
+        self._failures_seen = study.count.failed
+        recent = list(study.failures)  # appended by the receiver thread (a C-level copy)
+        stop = ""
+        for run in recent[-new:] if new <= len(recent) else recent:
+            if run.validation:
+                continue
+            key = _failure_key(run.reason)
+            theta = np.array2string(np.asarray(run.theta), precision=4, separator=", ")
+            exact = _failure_key(run.reason, exact=True)
+            again = run.attempt > 0 and any(
+                r.attempt == run.attempt - 1
+                and np.array_equal(r.theta, run.theta)
+                and _failure_key(r.reason, exact=True) == exact
+                for r in recent
+            )
+            if again:
+                what = (
+                    f"solver run {run.sim_id} (theta={theta}) failed on retry {run.attempt} with "
+                    "the same error as before: the failure is deterministic (these parameters "
+                    "fail every time)"
+                )
+                if self.stop_on_deterministic_failure:
+                    stop = f"{what}; the study stops (stop_on_deterministic_failure=True):\n"
+                    stop += _indent(run.reason)
+                    warnings.warn(stop, UserWarning, stacklevel=2)
+                    return stop
+                if "deterministic: " + key in self._failure_keys:
+                    continue
+                self._failure_keys.add("deterministic: " + key)
+                warnings.warn(
+                    f"{what}; the study goes on with new parameters "
+                    "(OnlineDataModule(stop_on_deterministic_failure=True) stops it instead):\n"
+                    + _indent(run.reason),
+                    UserWarning,
+                    stacklevel=2,
+                )
+                continue
+            if key in self._failure_keys:
+                continue
+            self._failure_keys.add(key)
+            then = "retried" if run.attempt < self.max_retries else "redrawn"
+            warnings.warn(
+                f"solver run {run.sim_id} failed (theta={theta}, attempt {run.attempt + 1}; "
+                f"its parameters are {then}); later failures with the same error are not shown "
+                "again (OnlineDataModule.runs has every one):\n" + _indent(run.reason),
+                UserWarning,
+                stacklevel=2,
+            )
+        return stop
+
+    def _watch_silence(self, received: int, what: str) -> None:
+        """Warn when ``received`` (a count of samples) has not moved for ``warn_after_silence``
+        seconds, then after twice as long, and so on (training thread)."""
+        now = time.monotonic()
+        if received != self._quiet_mark[0]:
+            self._quiet_mark, self._silence_warnings = (received, now), 0
+            return
+        limit = self.warn_after_silence
+        quiet = now - self._quiet_mark[1]
+        if limit is None or quiet < limit * 2**self._silence_warnings:
+            return
+        self._silence_warnings += 1
+        study = self._study
+        runs = [r for r in (study.runs.values() if study else ()) if r.in_flight]
+        wall = time.time()
+        if runs:
+            shown = "; ".join(
+                f"run {r.sim_id} (theta={np.array2string(np.asarray(r.theta), precision=4)}) "
+                f"for {wall - r.launched_at:.0f} s, {r.n_samples} samples"
+                for r in sorted(runs, key=lambda r: r.launched_at)[:8]
+            )
+            more = f" and {len(runs) - 8} more" if len(runs) > 8 else ""
+            where = f"in flight{'' if self._group is None else f' on rank {self._group.rank}'}"
+            state = f"{len(runs)} {what}run(s) {where}: {shown}{more}"
+        else:
+            state = f"no {what}run is in flight on this rank"
+        hint = (
+            "a solver that hangs is ended only by OnlineDataModule(run_timeout=...)"
+            if self.run_timeout is None
+            else f"runs are ended after run_timeout={self.run_timeout:g} s"
+        )
+        warnings.warn(
+            f"no new {what}sample for {quiet:.0f} s; {state}. {hint}; "
+            "warn_after_silence=None turns this warning off",
+            UserWarning,
+            stacklevel=2,
+        )
 
     def _trained_batches(self) -> int | None:
         """How many batches training has run a step on since this pass over the stream began
@@ -713,9 +923,7 @@ class OnlineDataModule(pl.LightningDataModule):
         if self._pool is not None:
             self._pool.stop()
         if self._study is not None:
-            for run in self._study.runs.values():
-                if run.in_flight:
-                    run.move(RunState.STOPPED)
+            self._study.stop_in_flight()
             self._launched = self.launched_parameters
             self._runs = self._study.runs
             self._stats = dict(self._study.stats or self._stats)
@@ -744,6 +952,83 @@ class OnlineDataModule(pl.LightningDataModule):
                 np.stack([t for _, t in entries]) if entries else np.zeros((0, self.space.dim))
             )
         self._study = None
+
+
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "float64": torch.float64,
+    "double": torch.float64,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def _check_dtype(value: Any) -> str | torch.dtype:
+    """OnlineDataModule's ``dtype``: ``"auto"``, ``"keep"`` or a floating torch dtype (also by
+    name, as a command line gives it)."""
+    if isinstance(value, torch.dtype) and value.is_floating_point:
+        return value
+    if isinstance(value, str):
+        if value in ("auto", "keep"):
+            return value
+        name = value.removeprefix("torch.")
+        if name in _DTYPE_NAMES:
+            return _DTYPE_NAMES[name]
+    raise ValueError(
+        "dtype must be 'auto', 'keep' or a floating torch dtype (torch.float32, 'float64', "
+        f"...), got {value!r}"
+    )
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    """``float32`` for ``torch.float32`` (as numpy names it)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def _failure_key(reason: str, exact: bool = False) -> str:
+    """What makes two failures the same error: the error's own line (the last one of a
+    traceback) and where it was raised (the last ``File ..., line ...`` of the traceback); the
+    numbers in the error's line (a run's parameters, a step) do not count unless ``exact``."""
+    lines = [x.strip() for x in (reason or "").strip().splitlines() if x.strip()]
+    where = next((x for x in reversed(lines) if x.startswith('File "')), "")
+    what = lines[-1] if lines else ""
+    if not exact:
+        what = re.sub(r"[-+]?\d[\d.eE+-]*", "#", what)
+    return f"{what} @ {where}"
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + x for x in (text or "no reason given").strip().splitlines())
+
+
+def _dumps_keeping_files(obj: Any) -> bytes:
+    """``cloudpickle.dumps(obj)``, with every code object it pickles by value keeping its
+    ``co_filename`` (cloudpickle replaces it with ``"<dynamic-code>"`` to make its bytes
+    independent of where a function was defined): a solver's traceback in its sandbox then
+    names the user's file, and shows the line when that file is readable there."""
+    import io
+    from collections import ChainMap
+
+    from cloudpickle import cloudpickle as cp
+
+    def code_reduce(code: types.CodeType) -> Any:
+        made = cp._code_reduce(code)
+        args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in made[1])
+        return (made[0], args)
+
+    class Pickler(cloudpickle.Pickler):
+        dispatch_table: ClassVar[Any] = ChainMap(
+            {types.CodeType: code_reduce}, cloudpickle.Pickler.dispatch_table
+        )
+
+    try:
+        buf = io.BytesIO()
+        Pickler(buf).dump(obj)
+        return buf.getvalue()
+    except Exception:  # another cloudpickle: its plain bytes ("<dynamic-code>") still work
+        return cloudpickle.dumps(obj)
 
 
 def _differences(saved: Any, now: Any, key: str = "") -> list[tuple[str, Any, Any]]:
@@ -813,4 +1098,7 @@ def _study_hparams(dm: OnlineDataModule) -> dict[str, Any]:
         "max_failed_fraction": dm.max_failed_fraction,
         "pin_memory": dm.pin_memory,
         "checkpoint_buffer": dm.checkpoint_buffer,
+        "dtype": dm.dtype if isinstance(dm.dtype, str) else _dtype_name(dm.dtype),
+        "warn_after_silence": dm.warn_after_silence,
+        "stop_on_deterministic_failure": dm.stop_on_deterministic_failure,
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import lightning.pytorch as pl
@@ -74,6 +74,8 @@ class _ValidationBatches:
         self.indices = (positions % max(n, 1)).tolist()
         self.padding = positions >= n  # repeats that only even out the ranks' shares
         self.report: _ValidationReport | None = None
+        #: Applied to each batch (the DataModule's dtype handling), or None.
+        self.cast: Callable[[Any], Any] | None = None
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)
@@ -88,6 +90,8 @@ class _ValidationBatches:
         for b, start in enumerate(range(0, len(self.indices), self.batch_size)):
             chunk = self.indices[start : start + self.batch_size]
             batch = default_collate([self.val_set[i] for i in chunk])
+            if self.cast is not None:
+                batch = self.cast(batch)
             if report is not None:
                 report.yielded(b, batch)
             yield batch
