@@ -174,6 +174,7 @@ class ReplayPool(ReceiverPool):
         self._started.set()
         try:
             while not self._stop.is_set():
+                self._drain()  # what waits for room (the rest of a message) goes first
                 task = self.handler.next_task()
                 if task is None:
                     self._wake.wait(self.poll_interval)

@@ -98,6 +98,8 @@ class Recorder:
         self._record_size = 0
         self._dim = 0
         self._strict = True
+        self._chunks: list[tuple[int, int]] = []
+        self._run_chunk = (256, 0)
 
     # ------------------------------------------------------------------ receiver thread
     def room(self) -> bool:
@@ -231,6 +233,28 @@ class Recorder:
             # the record layout comes from the first sample this session receives
             self._record_size = -1
             self._dim = f["runs"].dtype["theta"].shape[0]
+            self._chunking(f)
+
+    def _chunking(self, f: Any) -> None:
+        """Rows per chunk and bytes per row of every dataset that grows (for the size cap)."""
+        names = [f"fields/{k}" for k in range(int(f.attrs["n_fields"]))] + ["sim_id", "step"]
+        self._chunks = [
+            (f[n].chunks[0], f[n].dtype.itemsize * int(np.prod(f[n].shape[1:]))) for n in names
+        ]
+        self._run_chunk = (f["runs"].chunks[0], f["runs"].dtype.itemsize)
+
+    def _growth(self, rows: int, runs: int) -> int:
+        """At most how many bytes the file grows by committing ``rows`` samples of ``runs``
+        runs: the whole chunks the rows start (uncompressed), and room for the chunk indexes."""
+
+        def chunks(lo: int, hi: int, per: int) -> int:
+            return -(-hi // per) - -(-lo // per)
+
+        lo, hi = self._pos, self._pos + rows
+        out = sum(chunks(lo, hi, per) * per * nbytes for per, nbytes in self._chunks)
+        per, nbytes = self._run_chunk
+        out += chunks(self._n_runs, self._n_runs + runs, per) * per * nbytes
+        return out + 4096 + 512 * len(self._chunks)
 
     def flush(self, timeout: float = 120.0) -> int:
         """Wait until every run ended so far is written (training thread, at a checkpoint);
@@ -318,26 +342,27 @@ class Recorder:
             raise ValueError(
                 f"samples of {rows.shape[1]} bytes, the recording's are {self._record_size}"
             )
+        if not self.path.exists():
+            self._create(rows)
         cap = self.config.max_bytes
-        size = self.path.stat().st_size if self.path.exists() else 0
-        if cap is not None and size + rows.nbytes > cap:
+        size = self.path.stat().st_size
+        need = self._growth(len(rows), len(ready))
+        if cap is not None and size + need > cap:
             self._stop_recording(f"max_bytes={cap} reached")
             self.stats.runs_dropped += len(ready)
             log.warning(
                 "the recording %s reached its size cap (max_bytes=%d: it holds %d bytes, the "
-                "next %d run(s) need %d more): recording stops here with %d runs, training "
+                "next %d run(s) may need %d more): recording stops here with %d runs, training "
                 "goes on. Raise Recording(max_bytes=...) or record with compression to keep "
                 "more.",
                 self.path,
                 cap,
                 size,
                 len(ready),
-                rows.nbytes,
+                need,
                 self._n_runs,
             )
             return
-        if not self.path.exists():
-            self._create(rows)
         sims, steps = record_ids(rows)
         table = np.zeros(len(ready), dtype=runs_dtype(self._dim))
         start = self._pos
@@ -429,11 +454,12 @@ class Recorder:
                 )
             for name in ("sim_id", "step"):
                 f.create_dataset(
-                    name, shape=(0,), maxshape=(None,), dtype="<i8", chunks=(max(run_rows, 1024),)
+                    name, shape=(0,), maxshape=(None,), dtype="<i8", chunks=(max(run_rows, 256),)
                 )
             f.create_dataset(
-                "runs", shape=(0,), maxshape=(None,), dtype=runs_dtype(self._dim), chunks=(256,)
+                "runs", shape=(0,), maxshape=(None,), dtype=runs_dtype(self._dim), chunks=(64,)
             )
             f.create_dataset("n_runs", data=np.zeros(1, dtype="<i8"))
+            self._chunking(f)
         os.replace(tmp, self.path)
         self._lock = WriterLock(self.path)
