@@ -173,7 +173,9 @@ def test_recorded_dataset_for_offline_training(tmp_path):
     assert got == sorted(map(tuple, torch.stack([mem[i][0] for i in range(48)]).tolist()))
     # worker processes (spawned: this process may have MPI up) open the file themselves
     loader = DataLoader(ds, batch_size=16, num_workers=2, multiprocessing_context="spawn")
-    assert torch.equal(torch.cat([x for x, _ in loader]), torch.stack([mem[i][0] for i in range(48)]))
+    assert torch.equal(
+        torch.cat([x for x, _ in loader]), torch.stack([mem[i][0] for i in range(48)])
+    )
 
 
 @pytest.mark.usefixtures("no_orphans")
@@ -326,12 +328,15 @@ def _check_study_file(path: Path) -> list[int]:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.usefixtures("no_orphans")
 @pytest.mark.parametrize("ddp", [False, True], ids=["one-rank", "ddp"])
 def test_kill_9_of_a_recording_study_then_resume_appends(tmp_path, ddp):
     flags = ("--ddp",) if ddp else ()
-    files = [tmp_path / "study.rank0.h5", tmp_path / "study.rank1.h5"] if ddp else [
-        tmp_path / "study.h5"
-    ]
+    files = (
+        [tmp_path / "study.rank0.h5", tmp_path / "study.rank1.h5"]
+        if ddp
+        else [tmp_path / "study.h5"]
+    )
     _run_recorded(tmp_path, *flags, kill=True)
     before = {p: _check_study_file(p) for p in files}  # valid, every committed run intact
     assert sum(len(r) for r in before.values()) >= 4

@@ -64,9 +64,14 @@ if __name__ == "__main__":
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[Ready(), ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=5, save_last=True)],
+        callbacks=[
+            Ready(),
+            ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=5, save_last=True),
+        ],
     )
     trainer.fit(Slow(3, 1), dm, ckpt_path=root / "ckpt" / "last.ckpt" if resume else None)
     stats = dm.all_gather_object(dict(dm.recording_stats))
     if trainer.is_global_zero:
-        (root / "out.json").write_text(json.dumps({"completed": dm.stats["completed"], "recording": stats}))
+        (root / "out.json").write_text(
+            json.dumps({"completed": dm.stats["completed"], "recording": stats})
+        )
