@@ -137,9 +137,9 @@ def test_replay_refuses_what_it_cannot_serve(tmp_path):
     path = tmp_path / "study.h5"
     quiet_trainer().fit(Seen(), study(str(path), n_simulations=3))
     replay = Replay(path)
-    with pytest.raises(ValueError, match="at most replay.n_runs"):
+    with pytest.raises(ValueError, match=r"at most replay\.n_runs"):
         OnlineDataModule(replay, replay.space, n_simulations=4)
-    with pytest.raises(ValueError, match="space=replay.space"):
+    with pytest.raises(ValueError, match=r"space=replay\.space"):
         OnlineDataModule(replay, ParameterSpace([0, 0], [2, 1]), n_simulations=2)
     with pytest.raises(ValueError, match="no validation runs"):
         OnlineDataModule(replay, replay.space, n_simulations=2, val_parameters=2)

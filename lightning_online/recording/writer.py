@@ -1,5 +1,9 @@
 """Recording a study: every sample a training rank receives, written to HDF5 by a writer thread.
 
+(Over 400 lines: one class, the recorder of a rank, whose three sides (the receiver's tee, the
+writer thread, the training thread's open, resume, flush and close) share its counters and the
+file's position, and whose commit, size cap and resume must agree on the same layout.)
+
 Where code runs: on each training rank. The receiver thread (``_transport``) hands each accepted
 message of samples to :meth:`Recorder.samples` (one copy of the bytes and a put on a queue: it
 never waits) and each ended run to :meth:`Recorder.end`; a full queue (``queue_bytes``) makes
