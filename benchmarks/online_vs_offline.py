@@ -1,16 +1,22 @@
 """Online versus offline: the same solver runs and training steps, streamed or written to disk first.
 
-Both sides in this one script, alternating, same solver (Heat2D), same model, same batch size and
+The sides in this one script, alternating, same solver (Heat2D), same model, same batch size and
 number of steps, same number of solver processes:
 
-(a) online: ``OnlineDataModule`` streams the runs while the model trains (Reservoir buffer);
+(a) online: ``OnlineDataModule`` streams the runs while the model trains (Reservoir buffer), and
+    records them (``record=``);
 (b) offline: the runs are computed by a pool of the same number of processes and written to disk
-    as .npy files (one per run), then loaded into memory and trained from with a DataLoader.
+    as .npy files (one per run), then loaded into memory and trained from with a DataLoader;
+(c) pseudo-offline (Melissa's control experiment): the very samples (a) streamed, read back from
+    its recording (``RecordedDataset``) and trained on offline (shuffled DataLoader) for the same
+    number of steps: what separates the effect of streaming from the effect of the data.
 
 The online fit ends by itself once its study is done and drained (or at ``--steps``); the offline
-side then trains exactly as many steps. Reports the wall time ratio online/offline (target <= 0.6) and, for reference, the overlap
-limit max(generation time, training time) measured on the offline side (target: online within
-10 % of it when there are enough cores; this machine has 2).
+sides then train exactly as many steps. Reports the wall time ratio online/offline (target <=
+0.6), for reference the overlap limit max(generation time, training time) measured on the
+offline side (target: online within 10 % of it when there are enough cores; this machine has
+2), and the validation error of each side's model (relative L2 on held-out runs from a sequence
+no sampler draws).
 
     python benchmarks/online_vs_offline.py [--runs 32] [--steps 400] [--nx 48] [--repeats 3]
 """
@@ -36,6 +42,8 @@ from _offline_sim import simulate_to_disk
 
 from lightning_online import Halton, OnlineDataModule, ParameterSpace, Reservoir
 from lightning_online.models import FieldMLP
+from lightning_online.recording import RecordedDataset
+from lightning_online.sampling import validation_points
 from lightning_online.solvers import Heat2D, heat2d_space
 
 
@@ -75,10 +83,50 @@ def offline(solver: Heat2D, thetas: np.ndarray, steps: int, batch: int, pool: An
         t2 = time.perf_counter()
         trainer(steps).fit(model, loader)
         t3 = time.perf_counter()
-    return {"total": t3 - t0, "generate": t1 - t0, "load": t2 - t1, "train": t3 - t2}
+    return {
+        "total": t3 - t0,
+        "generate": t1 - t0,
+        "load": t2 - t1,
+        "train": t3 - t2,
+        "error": error(model),
+    }
 
 
-def online(solver: Heat2D, n_runs: int, steps: int, batch: int, workers: int) -> dict:
+def pseudo_offline(solver: Heat2D, recording: Path, steps: int, batch: int) -> dict:
+    """The samples the online side streamed, from its recording, trained on offline."""
+    t0 = time.perf_counter()
+    data = RecordedDataset(recording, in_memory=True)
+    loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
+    torch.manual_seed(0)
+    model = FieldMLP(6, [solver.ny, solver.nx])
+    t1 = time.perf_counter()
+    trainer(steps).fit(model, loader)
+    t2 = time.perf_counter()
+    return {
+        "total": t2 - t0,
+        "load": t1 - t0,
+        "train": t2 - t1,
+        "samples": len(data),
+        "error": error(model),
+    }
+
+
+#: Held-out runs (x, y), from a sequence no sampler draws; made once, in main.
+VALIDATION: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+
+def error(model: FieldMLP) -> float:
+    """Relative L2 error of the model over the held-out runs (all their time steps)."""
+    model.eval()
+    num = den = 0.0
+    with torch.no_grad():
+        for x, y in VALIDATION:
+            num += float(((model(x) - y) ** 2).sum())
+            den += float((y**2).sum())
+    return (num / den) ** 0.5
+
+
+def online(solver: Heat2D, n_runs: int, steps: int, batch: int, workers: int, record: Path) -> dict:
     t0 = time.perf_counter()
     dm = OnlineDataModule(
         solver,
@@ -88,6 +136,7 @@ def online(solver: Heat2D, n_runs: int, steps: int, batch: int, workers: int) ->
         batch_size=batch,
         n_workers=workers,
         buffer=Reservoir(4 * batch * 8, watermark=4 * batch),
+        record=str(record),
     )
     torch.manual_seed(0)
     model = FieldMLP(6, [solver.ny, solver.nx])
@@ -97,6 +146,7 @@ def online(solver: Heat2D, n_runs: int, steps: int, batch: int, workers: int) ->
         "total": time.perf_counter() - t0,
         "steps": tr.global_step,
         "completed": dm.stats["completed"],
+        "error": error(model),
     }
 
 
@@ -109,20 +159,27 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--val-runs", type=int, default=4, help="held-out runs for the error")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     torch.set_num_threads(1)  # one core trains, the other runs solvers: same for both sides
     solver = Heat2D(nx=a.nx, ny=a.nx, n_steps=a.n_steps)
     thetas = Halton(seed=0).draw(space(), a.runs)
+    for theta in validation_points(space(), a.val_runs):
+        xs, ys = zip(*solver(theta), strict=True)
+        VALIDATION.append((torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))))
     # The offline side's solver processes are forked once, before MPI starts in this process
     # (forking after MPI_Init is unsafe), and reused; their start-up is not timed.
     pool = mp.get_context("fork").Pool(a.workers)
-    on, off = [], []
-    for _ in range(a.repeats):
-        # The online fit ends by itself once the study is done and drained; the offline side
-        # then trains exactly as many steps, so both see the same runs and the same steps.
-        on.append(online(solver, a.runs, a.steps, a.batch, a.workers))
-        off.append(offline(solver, thetas, on[-1]["steps"], a.batch, pool))
+    on, off, pseudo = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(a.repeats):
+            # The online fit ends by itself once the study is done and drained; the offline
+            # sides then train exactly as many steps, so all see the same runs and steps.
+            rec = Path(tmp) / f"online{i}.h5"
+            on.append(online(solver, a.runs, a.steps, a.batch, a.workers, rec))
+            off.append(offline(solver, thetas, on[-1]["steps"], a.batch, pool))
+            pseudo.append(pseudo_offline(solver, rec, on[-1]["steps"], a.batch))
     pool.terminate()
     ratio = [o["total"] / f["total"] for o, f in zip(on, off, strict=True)]
     limit = [max(f["generate"], f["train"]) for f in off]
@@ -135,10 +192,27 @@ def main() -> None:
                 ["offline: load", med([f["load"] for f in off])],
                 ["offline: train", med([f["train"] for f in off])],
                 ["offline: total", med([f["total"] for f in off])],
-                ["online: total", med([o["total"] for o in on])],
+                ["online: total (recording on)", med([o["total"] for o in on])],
                 ["overlap limit max(generate, train)", med(limit)],
+                ["pseudo-offline: read the recording", med([q["load"] for q in pseudo])],
+                ["pseudo-offline: train", med([q["train"] for q in pseudo])],
+                ["pseudo-offline: total", med([q["total"] for q in pseudo])],
             ],
             ["side", "seconds (median)"],
+        )
+    )
+    print(
+        table(
+            [
+                [
+                    name,
+                    med([r["error"] for r in rs]),
+                    min(r["error"] for r in rs),
+                    max(r["error"] for r in rs),
+                ]
+                for name, rs in (("online", on), ("offline", off), ("pseudo-offline", pseudo))
+            ],
+            ["side", "val rel. L2 (median)", "min", "max"],
         )
     )
     s, t = summary(ratio), summary(to_limit)
@@ -153,6 +227,7 @@ def main() -> None:
         "config": {k: v for k, v in vars(a).items() if k != "out"},
         "online": on,
         "offline": off,
+        "pseudo_offline": pseudo,
         "ratio_online_offline": s,
         "ratio_online_overlap_limit": t,
     }

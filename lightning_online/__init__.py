@@ -59,6 +59,9 @@ _LAZY = {
     "Direct": "lightning_online.external.launchers",
     "Mpiexec": "lightning_online.external.launchers",
     "Srun": "lightning_online.external.launchers",
+    "Recording": "lightning_online.recording",
+    "Replay": "lightning_online.recording",
+    "RecordedDataset": "lightning_online.recording",
 }
 
 __all__ = [
@@ -77,6 +80,9 @@ __all__ = [
     "Mpiexec",
     "OnlineDataModule",
     "ParameterSpace",
+    "RecordedDataset",
+    "Recording",
+    "Replay",
     "Reservoir",
     "RichStudyProgressBar",
     "Sampler",
@@ -104,6 +110,7 @@ if TYPE_CHECKING:
     from lightning_online.errors import ExternalRunError, StudyError
     from lightning_online.external.launchers import Direct, Mpiexec, Srun
     from lightning_online.external.solver import ExternalSolver
+    from lightning_online.recording import RecordedDataset, Recording, Replay
     from lightning_online.sampling.error_model import ErrorModel
     from lightning_online.sampling.samplers import (
         Halton,

@@ -34,6 +34,19 @@ CASES = {
         "1",
     ],
     "steering_overhead": ["--steps", "30", "--repeats", "1", "--hidden", "16", "--batch", "8"],
+    "recording_overhead": [
+        "--runs",
+        "2",
+        "--nx",
+        "8",
+        "--n-steps",
+        "10",
+        "--batch",
+        "8",
+        "--repeats",
+        "1",
+        "--gzip",
+    ],
     "sample_efficiency": ["--quick"],
 }
 

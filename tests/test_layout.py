@@ -26,10 +26,31 @@ ALLOWED: dict[str, set[str]] = {
     "_transport": {"_util", "_wire", "errors"},
     "external": {"_util", "_wire", "_transport", "errors"},
     "_study": {"_util", "_wire", "_transport", "buffers", "sampling", "errors"},
-    "data": {"_util", "_wire", "_transport", "external", "_study", "buffers", "sampling", "errors"},
+    "recording": {"_util", "_wire", "_transport", "sampling", "errors"},
+    "data": {
+        "_util",
+        "_wire",
+        "_transport",
+        "external",
+        "_study",
+        "buffers",
+        "sampling",
+        "recording",
+        "errors",
+    },
     "callbacks": {"data", "sampling", "buffers", "_util", "errors"},
-    "cli": {"data", "callbacks", "sampling", "buffers", "external", "models", "solvers", "_util"},
-    "__init__": {"errors", "data", "callbacks", "sampling", "buffers", "external"},
+    "cli": {
+        "data",
+        "callbacks",
+        "sampling",
+        "buffers",
+        "external",
+        "models",
+        "solvers",
+        "recording",
+        "_util",
+    },
+    "__init__": {"errors", "data", "callbacks", "sampling", "buffers", "external", "recording"},
 }
 #: Third-party packages a part must never load (not even lazily).
 FORBIDDEN: dict[str, set[str]] = {
@@ -42,6 +63,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "client": {"torch", "lightning", "mpi4py"},
     "solvers": {"torch", "lightning", "mpi4py"},
     "callbacks": {"mpi4py"},
+    "recording": {"lightning", "mpi4py"},
 }
 
 

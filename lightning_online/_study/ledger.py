@@ -107,6 +107,9 @@ class Study:
         self.group = group
         self.pool: Any = None  # set by the DataModule once workers are up
         self.pin_memory = False  # batches in page-locked memory (set by the DataModule)
+        # The recording's tee (OnlineDataModule(record=...)), or None: it gets a copy of every
+        # sample accepted and every run's end, on this (the receiver) thread, and never waits.
+        self.recorder: Any = None
         # Samples live in preallocated slots; the buffer's policy moves slot indices only.
         self.store = SlotStore(buffer.capacity)
         buffer.on_release = self.store.release
@@ -212,6 +215,8 @@ class Study:
         if self._stash:
             return False
         store = self.store
+        if self.recorder is not None and not self.recorder.room():  # its writer lags
+            return False
         return self.buffer.has_room() and (not store.configured or store.n_free >= store.spare)
 
     def drain(self) -> None:
@@ -330,6 +335,8 @@ class Study:
             else:
                 added = self.buffer.put_many(slots)
                 self._stash.extend(slots[added:])
+        if self.recorder is not None and len(slots):
+            self.recorder.samples(sim_id, good[: len(slots)])
 
     def on_reject(self, sim_id: int, reason: str) -> None:
         """A message of the run could not be taken: the run fails with ``reason`` when it ends
@@ -354,6 +361,8 @@ class Study:
             run.move(RunState.COMPLETED if ok else RunState.FAILED, reason)
             if run.validation:
                 return
+            if self.recorder is not None:
+                self.recorder.end(sim_id, run.theta, ok, run.attempt, seconds)
             if ok:
                 self.count.completed += 1
                 return

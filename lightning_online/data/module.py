@@ -58,6 +58,9 @@ from lightning_online.data.validation import (
     _ValidationSet,
 )
 from lightning_online.external.solver import ExternalSolver
+from lightning_online.recording.config import Recording
+from lightning_online.recording.replay import Recorded, Replay, ReplayPool
+from lightning_online.recording.writer import Recorder
 from lightning_online.sampling.samplers import ParameterSpace, Sampler, Uniform, validation_points
 
 log = logging.getLogger("lightning_online")
@@ -167,6 +170,14 @@ class OnlineDataModule(pl.LightningDataModule):
             previous attempt (same parameters) is called deterministic in its warning; with
             ``True`` the study then stops at once with that error, rather than redrawing the
             parameters and going on.
+        record: record the study: a file path (``"study.h5"``) or a
+            :class:`~lightning_online.recording.Recording` (size cap, compression). Every sample
+            each rank receives is written to HDF5 with its run, parameters and time step and the
+            study's metadata, off the training thread; under DDP each rank writes its own file
+            (``study.rank<r>.h5``). A study resumed from a checkpoint appends to its recording.
+            Replay it with ``OnlineDataModule(Replay(path), ...)``, read it with
+            :class:`~lightning_online.recording.RecordedDataset` or h5py alone:
+            docs/recording.md. Needs h5py (``pip install 'lightning-online[record]'``).
     """
 
     def __init__(
@@ -192,6 +203,7 @@ class OnlineDataModule(pl.LightningDataModule):
         dtype: str | torch.dtype = "auto",
         warn_after_silence: float | None = 120.0,
         stop_on_deterministic_failure: bool = False,
+        record: str | Recording | None = None,
     ) -> None:
         super().__init__()
         if not callable(solver):
@@ -211,8 +223,11 @@ class OnlineDataModule(pl.LightningDataModule):
             raise TypeError(f"space must be a ParameterSpace, got {type(space).__name__}")
         from lightning_online.external.solver import ExternalSolver
 
-        if not isinstance(solver, ExternalSolver):
+        if not isinstance(solver, ExternalSolver | Replay):
             check_mpi()  # no MPI to start workers with: say how to get one now, not abort later
+        if isinstance(solver, Replay):
+            sampler = _check_replay(solver, space, n_simulations, sampler, val_parameters)
+        self.record = Recording.of(record)
         self.solver = solver
         self.space = space
         self.n_simulations = check_int(n_simulations, "n_simulations", 1)
@@ -261,6 +276,9 @@ class OnlineDataModule(pl.LightningDataModule):
 
         self._study: Study | None = None
         self._pool: ReceiverPool | None = None
+        self._recorder: Recorder | None = None
+        self._final_recording: list[int] | None = None
+        self._last_recording: Recorder | None = None  # the last fit's, for recording_stats
         self._group: Group | None = None
         self._val_set: _ValidationSet | None = None
         self._val_thetas: np.ndarray | None = None
@@ -391,6 +409,10 @@ class OnlineDataModule(pl.LightningDataModule):
             self._group = Group()
         if stage == "fit" and self._study is None:
             self._start()
+            if self.record is not None and self._study is not None:
+                group = self._group
+                self._recorder = Recorder(self.record, group.rank, group.size)
+                self._study.recorder = self._recorder
         if self.val_parameters is not None and self._val_set is None and stage != "fit":
             self._simulate_validation()
         # fit: the validation runs are simulated once Lightning has restored a checkpoint (after
@@ -432,15 +454,18 @@ class OnlineDataModule(pl.LightningDataModule):
         self._study.pin_memory = pin
         self._study.keep_buffer = self.checkpoint_buffer
         pool: type[ReceiverPool]
+        what: Any
         if isinstance(self.solver, ExternalSolver):
             from lightning_online.external._pool import ExternalPool
 
             # The programs connect straight to this rank: no worker, no sandbox per run.
             pool, what = ExternalPool, self.solver
+        elif isinstance(self.solver, Replay):  # the recording streams: no process at all
+            pool, what = ReplayPool, self.solver
         else:
-            pool, what = WorkerPool, self._solver_payload  # type: ignore[assignment]
+            pool, what = WorkerPool, self._solver_payload
         self._pool = pool(
-            what,  # type: ignore[arg-type]
+            what,
             self.n_workers,
             self._study,
             run_timeout=self.run_timeout,
@@ -513,6 +538,7 @@ class OnlineDataModule(pl.LightningDataModule):
         # (sanity check). Not earlier: a checkpoint, restored after setup(), may say how much of
         # the budget is already done. Lightning calls this on every rank at the same point.
         self._ensure_validation()
+        self._open_recording()
         self._study.sync()
         # The batches themselves, not a DataLoader around them: they are made by the stream
         # (no worker processes may be forked from an MPI process), so Lightning has nothing to
@@ -588,6 +614,8 @@ class OnlineDataModule(pl.LightningDataModule):
         if self._study is None:
             if self._final is not None:
                 state["study"] = self._final
+                if self._final_recording is not None:
+                    state["recording"] = self._final_recording
             elif self._final_missing:
                 state["study_missing"] = self._final_missing
             return state
@@ -604,6 +632,10 @@ class OnlineDataModule(pl.LightningDataModule):
             state["study_missing"] = why
             return state
         state["study"] = self._study.export(self._trained_batches())
+        if self._recorder is not None and self._group is not None:
+            # after the export: a run ended since is in the recording and runs again on resume
+            # (marked superseded then); what the checkpoint calls completed is recorded
+            state["recording"] = self._group.all_gather_object(self._recorder.flush())
         return state
 
     def fingerprint(self) -> dict[str, Any]:
@@ -657,6 +689,12 @@ class OnlineDataModule(pl.LightningDataModule):
             if other_kind:
                 study["pending"] = []
             self._study.restore(study)
+            if self._recorder is not None:
+                self._recorder.resume(
+                    state_dict.get("recording"),
+                    {int(i) for i, _ in state_dict["study"]["completed"]},
+                    strict=self.resume == "strict",
+                )
 
     def _check_resume(self, state: dict[str, Any]) -> None:
         relaxed = self.resume == "relaxed"
@@ -708,6 +746,74 @@ class OnlineDataModule(pl.LightningDataModule):
                 "%d saved run(s) have parameters outside this study's space: not run", dropped
             )
         return out
+
+    @property
+    def recording_stats(self) -> Mapping[str, Any]:
+        """What recording did and cost on this rank (``record=...``; empty without): runs and
+        samples written, seconds the receiver thread spent handing samples over (total and
+        the longest call), seconds the writer spent committing, and why it stopped early."""
+        rec = self._recorder or self._last_recording
+        if rec is None:
+            return MappingProxyType({})
+        out: dict[str, Any] = dict(vars(rec.stats))
+        out.update(path=str(rec.path), runs_in_file=rec.committed, stopped=rec.stopped_why)
+        return MappingProxyType(out)
+
+    def _open_recording(self) -> None:
+        """Start recording (every rank at once, after a checkpoint is restored): a rank that
+        cannot record stops every rank, with its reason."""
+        recorder, group = self._recorder, self._group
+        if recorder is None or recorder._thread is not None or group is None:
+            return
+        problem: BaseException | None = None
+        try:
+            recorder.open(self._recording_meta())
+        except (OSError, ValueError) as exc:
+            problem = exc
+        bad = group.all_gather(np.array([problem is not None]))[:, 0]
+        if problem is not None:
+            raise problem
+        if bad.any():
+            raise StudyError(f"rank(s) {np.flatnonzero(bad).tolist()} cannot record the study")
+
+    def _recording_meta(self) -> dict[str, Any]:
+        """The study's metadata for the recording's attributes (plain values and JSON)."""
+        import json
+        import os
+
+        from lightning_online import __version__
+
+        def plain(obj: Any) -> Any:
+            if isinstance(obj, np.ndarray):
+                return obj.tolist()
+            if isinstance(obj, np.generic):
+                return obj.item()
+            return repr(obj)
+
+        sampler = {
+            "kind": type(self.sampler).__name__,
+            "config": self.sampler.config(),
+            "state": self.sampler.state_dict(),
+        }
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        return {
+            "package_version": __version__,
+            "solver": _describe(self.solver),
+            "study": json.dumps(_study_hparams(self), default=plain),
+            "fingerprint": json.dumps(self.fingerprint(), default=plain),
+            "sampler": json.dumps(sampler, default=plain),
+            "seeds": json.dumps(
+                {
+                    "global": int(seed) if seed and seed.lstrip("-").isdigit() else None,
+                    "sampler": getattr(self.sampler, "_effective_seed", None),
+                },
+                default=plain,
+            ),
+            "space_names": [str(n) for n in self.space.names],
+            "space_low": self.space.low,
+            "space_high": self.space.high,
+            "space_log": self.space.log.astype(np.int8),
+        }
 
     # ------------------------------------------------------------------ internals
     def _batches(self) -> Iterator[torch.Tensor | list[torch.Tensor]]:
@@ -935,6 +1041,14 @@ class OnlineDataModule(pl.LightningDataModule):
             return
         self._stop()
         group = self._group
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            recorder.close()  # the receiver has stopped: every run ended is written
+            if recorder.stopped_why:
+                log.warning(
+                    "the recording %s stopped early: %s", recorder.path, recorder.stopped_why
+                )
+            self._last_recording = recorder
         if group is not None and (collective or group.size == 1):
             # One last agreement so that stats and launched parameters describe the whole study
             # on every rank (every rank reaches teardown after a normal end of fit).
@@ -943,6 +1057,8 @@ class OnlineDataModule(pl.LightningDataModule):
             # A checkpoint saved after fit returns continues the study (collective: every
             # rank is here); after an exception under DDP none can, and it says so.
             self._final = study.export(self._trained_batches())
+            if recorder is not None:
+                self._final_recording = group.all_gather_object(recorder.committed)
         else:
             self._final_missing = "fit ended with an exception under DDP"
         if collective and group is not None and group.size > 1:
@@ -1031,6 +1147,42 @@ def _dumps_keeping_files(obj: Any) -> bytes:
         return cloudpickle.dumps(obj)
 
 
+def _check_replay(
+    replay: Replay, space: ParameterSpace, n_simulations: Any, sampler: Any, val: Any
+) -> Sampler:
+    """A replayed study's arguments: its recording's space, at most its runs, its sampler."""
+    rec = replay.space
+    same = (
+        isinstance(space, ParameterSpace)
+        and np.array_equal(space.low, rec.low)
+        and np.array_equal(space.high, rec.high)
+        and np.array_equal(space.log, rec.log)
+    )
+    if not same:
+        raise ValueError(
+            f"a replay serves the recorded study's parameter space {rec}, not {space}: pass "
+            "space=replay.space"
+        )
+    if isinstance(n_simulations, int) and n_simulations > replay.n_runs:
+        raise ValueError(
+            f"n_simulations={n_simulations}, but the recording holds {replay.n_runs} completed "
+            "runs: pass at most replay.n_runs"
+        )
+    if val is not None:
+        raise ValueError(
+            "a replay has no validation runs (they are not recorded): pass val_parameters=None "
+            "and validate on a held-out part of the recording (RecordedDataset) or another study"
+        )
+    if sampler is None:
+        return replay.sampler()
+    if not isinstance(sampler, Recorded):
+        raise ValueError(
+            f"a replay draws the recorded parameters in order (sampler=None, or a Recorded); "
+            f"got {type(sampler).__name__}"
+        )
+    return sampler
+
+
 def _differences(saved: Any, now: Any, key: str = "") -> list[tuple[str, Any, Any]]:
     """``(dotted key, saved, now)`` of every leaf where two fingerprints differ."""
     if isinstance(saved, dict) and isinstance(now, dict):
@@ -1101,4 +1253,5 @@ def _study_hparams(dm: OnlineDataModule) -> dict[str, Any]:
         "dtype": dm.dtype if isinstance(dm.dtype, str) else _dtype_name(dm.dtype),
         "warn_after_silence": dm.warn_after_silence,
         "stop_on_deterministic_failure": dm.stop_on_deterministic_failure,
+        "record": None if dm.record is None else dm.record.path,
     }
