@@ -58,9 +58,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT, save, table
 
 POOL, N_VAL, T_OUT = 1024, 128, 10
-STEPS = 1500  # reservoir regime: training steps per study
-REFIT_STEPS = 1500
-UPDATE_EVERY, WINDOW = 20, 100
+STEPS = 1000  # reservoir regime: training steps per study
+REFIT_STEPS = 1000
+UPDATE_EVERY, WINDOW = 50, 100
 AHEAD = 4  # runs drawn ahead of the buffer's need (runs in flight)
 STATS = ("mean", "p95", "max")
 CACHE = Path(os.environ.get("LO_BENCH_CACHE", "/tmp/lo_bench_cache"))
@@ -142,8 +142,10 @@ def _solve_set(problem: str, unit: np.ndarray) -> np.ndarray:
     return out
 
 
-def load(problem: str, pool: int = POOL, n_val: int = N_VAL) -> dict[str, np.ndarray]:
+def load(problem: str, pool: int | None = None, n_val: int | None = None) -> dict[str, np.ndarray]:
     from scipy.stats import qmc
+
+    pool, n_val = pool or POOL, n_val or N_VAL
 
     dim = PROBLEMS[problem][0]
     pool_u = qmc.Sobol(dim, scramble=True, seed=1).random(pool)
@@ -330,7 +332,10 @@ def _stats(window: deque, pool: np.ndarray, cls: Any) -> Any:
     runs, inv = np.unique(ids, return_inverse=True)
     n = np.bincount(inv)
     mean = np.bincount(inv, loss) / n
-    n1, n2 = np.bincount(inv[half], minlength=len(runs)), np.bincount(inv[~half], minlength=len(runs))
+    n1, n2 = (
+        np.bincount(inv[half], minlength=len(runs)),
+        np.bincount(inv[~half], minlength=len(runs)),
+    )
     s1 = np.bincount(inv[half], loss[half], minlength=len(runs))
     s2 = np.bincount(inv[~half], loss[~half], minlength=len(runs))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -378,7 +383,9 @@ def summarise(res: dict[str, Any]) -> tuple[list[list[Any]], dict[str, Any]]:
             }
             med = {m: {s: float(np.median(v[s])) for s in STATS} for m, v in per.items()}
             best = {s: min(med["uniform"][s], med["halton"][s]) for s in STATS}
-            best_name = {s: "uniform" if med["uniform"][s] <= med["halton"][s] else "halton" for s in STATS}
+            best_name = {
+                s: "uniform" if med["uniform"][s] <= med["halton"][s] else "halton" for s in STATS
+            }
             for m, v in per.items():
                 e: dict[str, Any] = {"median": med[m]}
                 for s in STATS:
@@ -391,9 +398,13 @@ def summarise(res: dict[str, Any]) -> tuple[list[list[Any]], dict[str, Any]]:
                     e[f"uni_over_{s}"] = med["uniform"][s] / med[m][s]
                     if "oracle" in med:
                         g_or = np.log(med["uniform"][s] / med["oracle"][s])
-                        e[f"share_{s}"] = float(np.log(e[f"uni_over_{s}"]) / g_or) if g_or > 0 else None
+                        e[f"share_{s}"] = (
+                            float(np.log(e[f"uni_over_{s}"]) / g_or) if g_or > 0 else None
+                        )
                 if hard is not None:
-                    e["hard_share"] = float(np.mean([np.mean(hard[r["runs"]]) for r in by_method[m]]))
+                    e["hard_share"] = float(
+                        np.mean([np.mean(hard[r["runs"]]) for r in by_method[m]])
+                    )
                 e["seeds"] = len(v["mean"])
                 entry.setdefault(kind, {})[m] = e
                 if kind == "online" or m in ("oracle", "error_model"):
@@ -446,7 +457,10 @@ def main() -> None:
     for problem in [] if a.merge else a.problems:
         t0 = time.perf_counter()
         data = load(problem)
-        print(f"{problem}: pool and held-out solved/loaded in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"{problem}: pool and held-out solved/loaded in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
         for regime in a.regimes:
             for budget in a.budgets:
                 key = f"{problem}/{regime}/{budget}"
@@ -465,9 +479,14 @@ def main() -> None:
                               f"({r['seconds']:.1f} s)", flush=True)  # fmt: skip
     rows, summary = summarise(res)
     print(table(rows, HEADER))
-    runs = {k: {m: (v.tolist() if isinstance(v, np.ndarray) else v) for m, v in by.items()} for k, by in res.items()}
+    runs = {
+        k: {m: (v.tolist() if isinstance(v, np.ndarray) else v) for m, v in by.items()}
+        for k, by in res.items()
+    }
     name = a.name or ("steering_suite" + ("_quick" if a.quick else ""))
-    print(f"wrote {save(name, {'summary': summary, 'runs': runs, 'args': vars(a) | {'merge': None, 'out': None}}, a.out or OUT)}")
+    print(
+        f"wrote {save(name, {'summary': summary, 'runs': runs, 'args': vars(a) | {'merge': None, 'out': None}}, a.out or OUT)}"
+    )
 
 
 if __name__ == "__main__":

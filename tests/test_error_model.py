@@ -120,6 +120,30 @@ def test_runs_go_where_the_error_is_and_spread_apart() -> None:
     assert s.model.length_scale[2] > 1.0
 
 
+def test_headroom_estimate_tells_a_localised_error_from_an_even_one() -> None:
+    s = ErrorModel(seed=0)
+    assert s.headroom_estimate(SPACE) is None  # no model yet
+    s.update(hard_corner_stats(SPACE, 64, 0))
+    ratio, snr = s.headroom_estimate(SPACE)
+    assert ratio > 3.0 and snr > 1.0, (ratio, snr)
+    # an even error (noise only): the model finds no spread worth steering for
+    rng = np.random.default_rng(1)
+    flat = SimulationStats(
+        SPACE.from_unit(rng.random((64, 3))), np.exp(rng.normal(0, 0.1, 64)), np.zeros(64),
+        np.full(64, 5),
+    )  # fmt: skip
+    even = ErrorModel(seed=0)
+    even.update(flat)
+    ratio, snr = even.headroom_estimate(SPACE)
+    assert ratio < 1.3, (ratio, snr)
+    # the estimate is the fit the next draw uses: drawing after it is unchanged
+    a, b = ErrorModel(seed=5), ErrorModel(seed=5)
+    for m in (a, b):
+        m.update(hard_corner_stats(SPACE, 32, 2))
+    a.headroom_estimate(SPACE)
+    np.testing.assert_array_equal(a.draw(SPACE, 6), b.draw(SPACE, 6))
+
+
 def test_explore_share_and_mask() -> None:
     s = ErrorModel(explore=0.3, seed=0)
     s.draw(SPACE, 32)
@@ -178,8 +202,10 @@ def test_error_model_steers_a_real_study(no_orphans):
     from _solvers import HardCorner, steer_hard_corner
 
     sampler = ErrorModel(seed=0, min_runs=8, explore=0.2)
-    dm, _ = steer_hard_corner(sampler, 80, update_every=4, window=12)
+    dm, active = steer_hard_corner(sampler, 80, update_every=4, window=12)
     assert sampler.generation >= 2
+    # the callback logged the headroom estimate of the last fit
+    assert active.last_headroom is not None and active.last_headroom[0] >= 1.0
     launched = dm.launched_parameters
     assert len(launched) >= 80
     # HardCorner's hard box is 10 % of the square; the second half of the runs went there far

@@ -67,6 +67,7 @@ class ErrorModel(_SteeredSampler):
         generation: Usable updates so far.
         last_bred_mask: Bool ``(n,)``, which rows of the last draw followed the model.
         last_bred_fraction: Their share.
+        headroom: ``(ratio, snr)`` of the last fit (see :meth:`headroom_estimate`), or None.
         model: The last fitted :class:`~lightning_online.sampling._gp.GaussianProcess`, or None.
     """
 
@@ -102,6 +103,7 @@ class ErrorModel(_SteeredSampler):
         self._metric = np.zeros(0)  # per-dimension scale of the distance
         self._d_eff = 1
         self._dist = np.zeros(0)
+        self.headroom: tuple[float, float] | None = None
 
     def _configure(
         self,
@@ -187,6 +189,25 @@ class ErrorModel(_SteeredSampler):
         self._d_eff = max(1, int(np.count_nonzero(gp.length_scale < 1.0)))
         self._dist = self._distance(self._cand, self._drawn)
         self._fitted_generation = self.generation
+        uniform = slice(0, self.n_candidates - n_local)  # the box, not the hard runs' vicinity
+        q50, q90 = np.percentile(mean[uniform], [50, 90])
+        self.headroom = (float(np.exp(q90 - q50)), float((q90 - q50) / np.mean(std[uniform])))
+
+    def headroom_estimate(self, space: ParameterSpace) -> tuple[float, float] | None:
+        """What steering could gain, from the last fitted model (None before the first update).
+
+        Returns ``(ratio, snr)``: ``ratio = exp(q90 - q50)`` of the model's mean log error
+        over the box, i.e. how much larger the predicted error of the hardest tenth of the box
+        is than the median (1: the error is even over the box, nothing to steer towards), and
+        ``snr`` = that log spread over the model's mean standard deviation (below ~1 the spread
+        is within the model's uncertainty). Fits the model now if the last update has not been
+        fitted yet (the same fit the next draw would make).
+        """
+        if self.generation < 1 or self._points is None:
+            return None
+        if self._fitted_generation != self.generation:
+            self._fit(space)
+        return self.headroom
 
     def _draw_before_update(self, space: ParameterSpace, n: int) -> np.ndarray:
         theta = super()._draw_before_update(space, n)

@@ -82,7 +82,7 @@ class _ReactionDiffusion1D(_Solver):
 
         th = check_theta(theta, self.n_params, self.names)
         key = (type(self).__name__, self.nx, self.length, self.dt)
-        grid = pde.CartesianGrid([[0.0, self.length]], [self.nx], periodic=True)
+        grid = pde.CartesianGrid([(0.0, self.length)], [self.nx], periodic=True)
         u0, v0 = self._initial(grid, th)
         fields = [pde.ScalarField(grid, u0), pde.ScalarField(grid, v0)]
         fields += [pde.ScalarField(grid, float(p)) for p in th]
