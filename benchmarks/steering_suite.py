@@ -219,6 +219,8 @@ def _sampler(method: str, seed: int) -> tuple[Any, bool]:
         return Halton(seed=seed), False
     if method == "error_model":
         return ErrorModel(seed=seed), True
+    if method == "em_selfcheck":
+        return ErrorModel(seed=seed, self_check=True), True
     if method == "breed":
         return Breed(seed=seed, non_breed=Halton(seed=seed + 1000)), True
     if method.startswith("em_"):  # em_<key><value>, e.g. em_min_runs8
@@ -423,6 +425,40 @@ def summarise(res: dict[str, Any]) -> tuple[list[list[Any]], dict[str, Any]]:
     return rows, out
 
 
+def _cell(e: dict[str, Any], s: str) -> str:
+    r, lo, hi = e[f"best_over_{s}"]
+    return f"{r:.2f} ({lo:.2f}-{hi:.2f})"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """One row per problem/regime/budget: the oracle's headroom, the recommended steering
+    (online and refit) against the better of uniform/Halton, its log-gain share, hard shares."""
+    lines = [
+        "| problem / regime / budget | oracle headroom, better baseline / oracle: mean / p95 / max "
+        "| `ErrorModel()` online, better baseline / it: mean / p95 / max | refit: mean / p95 / max "
+        "| share of the oracle's log-gain (uniform basis): mean / p95 / max "
+        "| runs in the hard region: uniform / steered / oracle |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, entry in summary.items():
+        on, rf = entry["online"], entry.get("refit", {})
+        if "oracle" not in on or "error_model" not in on:
+            continue
+        orc, em = on["oracle"], on["error_model"]
+        head = " / ".join(f"{orc[f'best_over_{s}'][0]:.2f}" for s in STATS)
+        steer = " / ".join(_cell(em, s) for s in STATS)
+        refit = " / ".join(_cell(rf["error_model"], s) for s in STATS) if rf else "-"
+        share = " / ".join(
+            "-" if em.get(f"share_{s}") is None else f"{em[f'share_{s}']:.2f}" for s in STATS
+        )
+        hard = " / ".join(
+            f"{on[m].get('hard_share', float('nan')):.2f}"
+            for m in ("uniform", "error_model", "oracle")
+        )
+        lines.append(f"| {key} | {head} | {steer} | {refit} | {share} | {hard} |")
+    return "\n".join(lines)
+
+
 HEADER = [
     "problem/regime/budget", "model", "method", "seeds",
     "best/method mean", "p95", "max", "uni/method mean", "p95", "max",
@@ -439,6 +475,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["uniform", "halton", "oracle", "error_model"])
     p.add_argument("--quick", action="store_true", help="smoke test: tiny settings, < 1 min")
     p.add_argument("--merge", type=Path, nargs="+", default=None, help="no new studies")
+    p.add_argument("--markdown", action="store_true", help="also the tables as Markdown")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--name", default=None)
     a = p.parse_args()
@@ -483,6 +520,8 @@ def main() -> None:
                               f"({r['seconds']:.1f} s)", flush=True)  # fmt: skip
     rows, summary = summarise(res)
     print(table(rows, HEADER))
+    if a.markdown:
+        print(markdown(summary))
     runs = {
         k: {m: (v.tolist() if isinstance(v, np.ndarray) else v) for m, v in by.items()}
         for k, by in res.items()

@@ -144,6 +144,35 @@ def test_headroom_estimate_tells_a_localised_error_from_an_even_one() -> None:
     np.testing.assert_array_equal(a.draw(SPACE, 6), b.draw(SPACE, 6))
 
 
+def _rounds(s: ErrorModel, loss_of, rounds: int = 5) -> None:
+    rng = np.random.default_rng(0)
+    theta = s.draw(SPACE, 48)
+    for _ in range(rounds):
+        u = SPACE.to_unit(theta)
+        loss = loss_of(u) * np.exp(rng.normal(0, 0.1, len(u)))
+        s.update(SimulationStats(theta, loss, np.zeros(len(u)), np.full(len(u), 5)))
+        theta = np.vstack([theta, np.vstack([s.draw(SPACE, 4) for _ in range(6)])])
+
+
+def test_self_check_holds_back_where_the_model_finds_nothing() -> None:
+    with pytest.raises(ValueError, match="self_check"):
+        ErrorModel(self_check=1)
+    corner = ErrorModel(seed=0, self_check=True)
+    _rounds(corner, lambda u: 1e-3 + np.exp(-(u[:, 0] ** 2 + (u[:, 1] - 1.0) ** 2) / 0.03))
+    assert corner.last_check is not None and corner.last_check > 2.0
+    assert corner.steer_share == 1.0  # its runs are harder than the exploration runs
+    flat = ErrorModel(seed=0, self_check=True)
+    _rounds(flat, lambda u: np.ones(len(u)))
+    assert flat.last_check is not None and flat.steer_share <= 0.5  # nothing to find
+    state = flat.state_dict()
+    again = ErrorModel()
+    again.load_state_dict(state)
+    assert again.self_check and again.steer_share == flat.steer_share
+    off = ErrorModel(seed=0)  # the default: no self-check
+    _rounds(off, lambda u: np.ones(len(u)))
+    assert off.last_check is None and off.steer_share == 1.0
+
+
 def test_explore_share_and_mask() -> None:
     s = ErrorModel(explore=0.3, seed=0)
     s.draw(SPACE, 32)
