@@ -531,18 +531,26 @@ def main() -> None:
                         print(f"{key:<28} {m:<12} seed {seed}: online mean {np.mean(r['online']):.3g} "
                               f"max {np.max(r['online']):.3g} refit mean {np.mean(r['refit']):.3g} "
                               f"({r['seconds']:.1f} s)", flush=True)  # fmt: skip
+                        _save_runs(res, a, partial=True)  # a partial run keeps its studies
     rows, summary = summarise(res)
     print(table(rows, HEADER))
     if a.markdown:
         print(markdown(summary))
+    _save_runs(res, a, summary=summary)
+
+
+def _save_runs(
+    res: dict[str, Any], a: Any, summary: dict[str, Any] | None = None, partial: bool = False
+) -> None:
     runs = {
         k: {m: (v.tolist() if isinstance(v, np.ndarray) else v) for m, v in by.items()}
         for k, by in res.items()
     }
     name = a.name or ("steering_suite" + ("_quick" if a.quick else ""))
-    print(
-        f"wrote {save(name, {'summary': summary, 'runs': runs, 'args': vars(a) | {'merge': None, 'out': None}}, a.out or OUT)}"
-    )
+    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    path = save(name, {"summary": summary or {}, "runs": runs, "args": args}, a.out or OUT)
+    if not partial:
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
