@@ -234,6 +234,8 @@ def _sampler(method: str, seed: int) -> tuple[Any, bool]:
         return ErrorModel(seed=seed), True
     if method == "em_selfcheck":
         return ErrorModel(seed=seed, self_check=True), True
+    if method == "em_drawn":  # ErrorModel() with the drawn parameters in its statistics
+        return ErrorModel(seed=seed), True
     if method == "breed":
         return Breed(seed=seed, non_breed=Halton(seed=seed + 1000)), True
     if method.startswith("em_"):  # em_<key><value>, e.g. em_min_runs8
@@ -252,7 +254,13 @@ def study(
     regime: str,
     density: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """One online study; returns the final and refit per-run held-out errors and the runs."""
+    """One online study; returns the final and refit per-run held-out errors and the runs.
+
+    The statistics report each run at its pool point, except for ``em_selfcheck``, whose
+    self-check recognises its own draws: there they report the drawn parameters, as the
+    DataModule does (a run's data are its pool point's, at most the snapping distance away).
+    """
+    drawn_stats = method in ("em_selfcheck", "em_drawn")
     from scipy.spatial import cKDTree
 
     from lightning_online import ParameterSpace
@@ -266,6 +274,8 @@ def study(
     tree = cKDTree(pool)
     used = np.zeros(len(pool), dtype=bool)
     runs: list[int] = []
+    # the parameters a run reports (what the DataModule hands ActiveSampling: the drawn ones)
+    reported = pool.copy() if drawn_stats else pool
 
     def launch() -> None:
         if method == "oracle":
@@ -282,6 +292,8 @@ def study(
                     break
                 k = min(len(pool), 4 * k)
             idx = free[0] if free else int(rng.choice(np.flatnonzero(~used)))
+            if drawn_stats:
+                reported[idx] = theta
         used[idx] = True
         runs.append(idx)
 
@@ -320,7 +332,7 @@ def study(
         if steered:
             window.append((pidx, per))
             if (step + 1) % UPDATE_EVERY == 0:
-                sampler.update(_stats(window, pool, SimulationStats))
+                sampler.update(_stats(window, reported, SimulationStats))
     seconds = time.perf_counter() - t0
     online = trainer.errors(data["val"], data["val_y"])
     # the fixed refit: the same initialisation and steps for every method
@@ -547,7 +559,7 @@ def _save_runs(
         for k, by in res.items()
     }
     name = a.name or ("steering_suite" + ("_quick" if a.quick else ""))
-    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    args = json.loads(json.dumps(vars(a), default=str))
     path = save(name, {"summary": summary or {}, "runs": runs, "args": args}, a.out or OUT)
     if not partial:
         print(f"wrote {path}")
