@@ -349,7 +349,7 @@ def study(
         "runs": runs,
         "steps": total,
         "seconds": seconds,
-        "pool_error": None,
+        "headroom": getattr(sampler, "headroom", None),  # ErrorModel's last (ratio, snr)
         "_trainer": trainer,
     }
 
