@@ -1,4 +1,4 @@
-"""The steering suite: samplers against an oracle on seven problems, three of them solved by
+"""The steering suite: samplers against an oracle on eight problems, three of them solved by
 third-party solvers (py-pde, scikit-fem), in both regimes (each sample served once / re-served).
 
 What runs. The package's own samplers (``Uniform``, ``Halton``, ``ErrorModel``, ``Breed``),
@@ -397,6 +397,35 @@ def _stat(errs: np.ndarray, s: str) -> float:
     return float({"mean": np.mean, "p95": lambda e: np.percentile(e, 95), "max": np.max}[s](errs))
 
 
+def _hard_share(r: dict[str, Any], hard: np.ndarray) -> float:
+    """Share of a study's runs in the hard region (stored as is in compacted outputs)."""
+    return float(np.mean(hard[r["runs"]])) if "runs" in r else float(r["hard_share"])
+
+
+def compact(res: dict[str, Any]) -> dict[str, Any]:
+    """The outputs kept in docs/benchmarks: per study the held-out errors to 3 digits and the
+    hard-region share instead of the run list (``--merge`` reads either)."""
+    out: dict[str, Any] = {}
+    for key, by in res.items():
+        hard = np.asarray(by.get("_hard", []), dtype=bool)
+        out[key] = {"_hard": hard.tolist()} if len(hard) else {}
+        for m, runs in by.items():
+            if m == "_hard":
+                continue
+            out[key][m] = [
+                {
+                    "seed": r["seed"],
+                    "online": [float(f"{v:.3g}") for v in r["online"]],
+                    "refit": [float(f"{v:.3g}") for v in r["refit"]],
+                    "hard_share": _hard_share(r, hard) if len(hard) else None,
+                    "seconds": round(r["seconds"], 1),
+                    "headroom": r.get("headroom"),
+                }
+                for r in runs
+            ]
+    return out
+
+
 def summarise(res: dict[str, Any]) -> tuple[list[list[Any]], dict[str, Any]]:
     """Per problem/regime/budget: medians over seeds, ratios with bootstrap intervals."""
     rng = np.random.default_rng(0)
@@ -434,7 +463,7 @@ def summarise(res: dict[str, Any]) -> tuple[list[list[Any]], dict[str, Any]]:
                         )
                 if hard is not None:
                     e["hard_share"] = float(
-                        np.mean([np.mean(hard[r["runs"]]) for r in by_method[m]])
+                        np.mean([_hard_share(r, np.asarray(hard)) for r in by_method[m]])
                     )
                 e["seeds"] = len(v["mean"])
                 entry.setdefault(kind, {})[m] = e
@@ -456,31 +485,37 @@ def _cell(e: dict[str, Any], s: str) -> str:
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    """One row per problem/regime/budget: the oracle's headroom, the recommended steering
+    """One row per problem/regime/budget and steered method: the oracle's headroom, the method
     (online and refit) against the better of uniform/Halton, its log-gain share, hard shares."""
     lines = [
-        "| problem / regime / budget | oracle headroom, better baseline / oracle: mean / p95 / max "
-        "| `ErrorModel()` online, better baseline / it: mean / p95 / max | refit: mean / p95 / max "
-        "| share of the oracle's log-gain (uniform basis): mean / p95 / max "
-        "| runs in the hard region: uniform / steered / oracle |",
-        "|---|---|---|---|---|---|",
+        "| problem / regime / budget | method | oracle's headroom, uniform / oracle: mean / p95 / max "
+        "| online: better of uniform, Halton / method: mean / p95 / max "
+        "| refit: the same | uniform / method (online): mean / p95 / max "
+        "| share of the oracle's log-gain: mean / p95 / max "
+        "| runs in the hard region: uniform / method / oracle |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, entry in summary.items():
         on, rf = entry["online"], entry.get("refit", {})
-        if "oracle" not in on or "error_model" not in on:
-            continue
-        orc, em = on["oracle"], on["error_model"]
-        head = " / ".join(f"{orc[f'best_over_{s}'][0]:.2f}" for s in STATS)
-        steer = " / ".join(_cell(em, s) for s in STATS)
-        refit = " / ".join(_cell(rf["error_model"], s) for s in STATS) if rf else "-"
-        share = " / ".join(
-            "-" if em.get(f"share_{s}") is None else f"{em[f'share_{s}']:.2f}" for s in STATS
-        )
-        hard = " / ".join(
-            f"{on[m].get('hard_share', float('nan')):.2f}"
-            for m in ("uniform", "error_model", "oracle")
-        )
-        lines.append(f"| {key} | {head} | {steer} | {refit} | {share} | {hard} |")
+        for m in ("error_model", "em_drawn", "em_selfcheck", "em_min_runs6"):
+            if m not in on:
+                continue
+            em = on[m]
+            orc = on.get("oracle")
+            head = " / ".join(f"{orc[f'uni_over_{s}']:.2f}" for s in STATS) if orc else "-"
+            steer = " / ".join(_cell(em, s) for s in STATS)
+            refit = " / ".join(_cell(rf[m], s) for s in STATS) if m in rf else "-"
+            uni = " / ".join(f"{em[f'uni_over_{s}']:.2f}" for s in STATS)
+            share = " / ".join(
+                "-" if em.get(f"share_{s}") is None else f"{em[f'share_{s}']:.2f}" for s in STATS
+            )
+            hard = " / ".join(
+                f"{on[x].get('hard_share', float('nan')):.2f}" if x in on else "-"
+                for x in ("uniform", m, "oracle")
+            )
+            lines.append(
+                f"| {key} | `{m}` | {head} | {steer} | {refit} | {uni} | {share} | {hard} |"
+            )
     return "\n".join(lines)
 
 
@@ -501,6 +536,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smoke test: tiny settings, < 1 min")
     p.add_argument("--merge", type=Path, nargs="+", default=None, help="no new studies")
     p.add_argument("--markdown", action="store_true", help="also the tables as Markdown")
+    p.add_argument("--compact", action="store_true", help="keep 3 digits, no run lists")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--name", default=None)
     a = p.parse_args()
@@ -558,9 +594,17 @@ def _save_runs(
         k: {m: (v.tolist() if isinstance(v, np.ndarray) else v) for m, v in by.items()}
         for k, by in res.items()
     }
+    if getattr(a, "compact", False):
+        runs = compact(res)
     name = a.name or ("steering_suite" + ("_quick" if a.quick else ""))
     args = json.loads(json.dumps(vars(a), default=str))
-    path = save(name, {"summary": summary or {}, "runs": runs, "args": args}, a.out or OUT)
+    result = {"summary": summary or {}, "runs": runs, "args": args}
+    if getattr(a, "compact", False):  # one line: indentation would triple the size
+        path = (a.out or OUT) / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, separators=(",", ":")))
+    else:
+        path = save(name, result, a.out or OUT)
     if not partial:
         print(f"wrote {path}")
 
