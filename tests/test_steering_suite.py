@@ -45,6 +45,23 @@ def test_suite_quick_reports_the_oracle_the_refit_and_the_shares(tmp_path):
     # the oracle puts more of its runs where the reference error is large than uniform draws
     res = result["summary"]["box6d/reservoir/24"]["online"]
     assert res["oracle"]["hard_share"] > res["uniform"]["hard_share"]
+    # the compact form kept in docs/benchmarks gives the same summary through --merge
+    script = str(BENCH / "steering_suite.py")
+    quick = str(tmp_path / "steering_suite_quick.json")
+    for args in (
+        ["--merge", quick, "--compact", "--name", "c"],
+        ["--merge", str(tmp_path / "c.json"), "--markdown", "--name", "m"],
+    ):
+        out = subprocess.run(
+            [sys.executable, script, *args, "--out", str(tmp_path)],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+    assert "| box6d/reservoir/24 | `error_model` |" in out.stdout
+    again = json.loads((tmp_path / "m.json").read_text())["summary"]
+    assert again["box6d/fifo/24"]["online"]["oracle"]["hard_share"] == pytest.approx(
+        result["summary"]["box6d/fifo/24"]["online"]["oracle"]["hard_share"]
+    )
 
 
 def test_held_out_points_are_not_in_the_pool():
