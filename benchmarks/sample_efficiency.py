@@ -123,7 +123,13 @@ def _curve_recorder(dm: Any, batch_size: int, per_run: int, out: list[dict[str, 
 
 
 def run(
-    problem: str, method: str, seed: int, quick: bool, workdir: Path, fraction: float = 1.0
+    problem: str,
+    method: str,
+    seed: int,
+    quick: bool,
+    workdir: Path,
+    fraction: float = 1.0,
+    sampler_seed: int | None = None,
 ) -> dict[str, Any]:
     """One study; returns final statistics and the validation curve."""
     from scipy.stats import qmc
@@ -155,8 +161,10 @@ def run(
     per_run = int(getattr(dm.solver, "n_steps", 1))
     total_steps = budget * per_run // dm.batch_size
     cli.model.lr_decay_steps = total_steps
-    dm.buffer = FIFO(capacity=4000, watermark=4 * dm.batch_size, seed=seed)
-    dm.sampler, steered = _sampler(method, seed)
+    # --sampler-seed: the same runs (sampler and buffer) whatever the model's seed
+    data_seed = seed if sampler_seed is None else sampler_seed
+    dm.buffer = FIFO(capacity=4000, watermark=4 * dm.batch_size, seed=data_seed)
+    dm.sampler, steered = _sampler(method, data_seed)
     curve: list[dict[str, Any]] = []
     trainer.callbacks.append(_curve_recorder(dm, dm.batch_size, per_run, curve))
     if steered:
@@ -335,6 +343,13 @@ def main() -> None:
     p.add_argument("--curve-methods", nargs="+", default=["uniform", "halton", "error_model"])
     p.add_argument("--quick", action="store_true", help="smoke test: tiny settings")
     p.add_argument(
+        "--sampler-seed",
+        type=int,
+        default=None,
+        help="fix the sampler's and buffer's seed (the same runs); --seeds then vary only the "
+        "model's initialisation and training (Allen-Cahn's bimodality)",
+    )
+    p.add_argument(
         "--merge",
         type=Path,
         nargs="+",
@@ -371,7 +386,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in a.seeds:  # seeds outermost: a partial run still compares every method
             for problem, method, fraction in plan:
-                r = run(problem, method, seed, a.quick, Path(tmp), fraction)
+                r = run(problem, method, seed, a.quick, Path(tmp), fraction, a.sampler_seed)
                 if fraction == 1.0:
                     results.setdefault(problem, {}).setdefault(method, []).append(r)
                 by_budget = curves.setdefault(problem, {}).setdefault(method, {})

@@ -120,6 +120,59 @@ def test_runs_go_where_the_error_is_and_spread_apart() -> None:
     assert s.model.length_scale[2] > 1.0
 
 
+def test_headroom_estimate_tells_a_localised_error_from_an_even_one() -> None:
+    s = ErrorModel(seed=0)
+    assert s.headroom_estimate(SPACE) is None  # no model yet
+    s.update(hard_corner_stats(SPACE, 64, 0))
+    ratio, snr = s.headroom_estimate(SPACE)
+    assert ratio > 3.0 and snr > 1.0, (ratio, snr)
+    # an even error (noise only): the model finds no spread worth steering for
+    rng = np.random.default_rng(1)
+    flat = SimulationStats(
+        SPACE.from_unit(rng.random((64, 3))), np.exp(rng.normal(0, 0.1, 64)), np.zeros(64),
+        np.full(64, 5),
+    )  # fmt: skip
+    even = ErrorModel(seed=0)
+    even.update(flat)
+    ratio, snr = even.headroom_estimate(SPACE)
+    assert ratio < 1.3, (ratio, snr)
+    # the estimate is the fit the next draw uses: drawing after it is unchanged
+    a, b = ErrorModel(seed=5), ErrorModel(seed=5)
+    for m in (a, b):
+        m.update(hard_corner_stats(SPACE, 32, 2))
+    a.headroom_estimate(SPACE)
+    np.testing.assert_array_equal(a.draw(SPACE, 6), b.draw(SPACE, 6))
+
+
+def _rounds(s: ErrorModel, loss_of, rounds: int = 5) -> None:
+    rng = np.random.default_rng(0)
+    theta = s.draw(SPACE, 48)
+    for _ in range(rounds):
+        u = SPACE.to_unit(theta)
+        loss = loss_of(u) * np.exp(rng.normal(0, 0.1, len(u)))
+        s.update(SimulationStats(theta, loss, np.zeros(len(u)), np.full(len(u), 5)))
+        theta = np.vstack([theta, np.vstack([s.draw(SPACE, 4) for _ in range(6)])])
+
+
+def test_self_check_holds_back_where_the_model_finds_nothing() -> None:
+    with pytest.raises(ValueError, match="self_check"):
+        ErrorModel(self_check=1)
+    corner = ErrorModel(seed=0, self_check=True)
+    _rounds(corner, lambda u: 1e-3 + np.exp(-(u[:, 0] ** 2 + (u[:, 1] - 1.0) ** 2) / 0.03))
+    assert corner.last_check is not None and corner.last_check > 2.0
+    assert corner.steer_share == 1.0  # its runs are harder than the exploration runs
+    flat = ErrorModel(seed=0, self_check=True)
+    _rounds(flat, lambda u: np.ones(len(u)))
+    assert flat.last_check is not None and flat.steer_share <= 0.5  # nothing to find
+    state = flat.state_dict()
+    again = ErrorModel()
+    again.load_state_dict(state)
+    assert again.self_check and again.steer_share == flat.steer_share
+    off = ErrorModel(seed=0)  # the default: no self-check
+    _rounds(off, lambda u: np.ones(len(u)))
+    assert off.last_check is None and off.steer_share == 1.0
+
+
 def test_explore_share_and_mask() -> None:
     s = ErrorModel(explore=0.3, seed=0)
     s.draw(SPACE, 32)
@@ -178,8 +231,10 @@ def test_error_model_steers_a_real_study(no_orphans):
     from _solvers import HardCorner, steer_hard_corner
 
     sampler = ErrorModel(seed=0, min_runs=8, explore=0.2)
-    dm, _ = steer_hard_corner(sampler, 80, update_every=4, window=12)
+    dm, active = steer_hard_corner(sampler, 80, update_every=4, window=12)
     assert sampler.generation >= 2
+    # the callback logged the headroom estimate of the last fit
+    assert active.last_headroom is not None and active.last_headroom[0] >= 1.0
     launched = dm.launched_parameters
     assert len(launched) >= 80
     # HardCorner's hard box is 10 % of the square; the second half of the runs went there far

@@ -96,6 +96,8 @@ class ActiveSampling(Callback):
         self.updates = 0
         self.last_losses: torch.Tensor | None = None
         self.last_stats: SimulationStats | None = None
+        #: ``(ratio, snr)`` from the sampler's ``headroom_estimate`` at the last update (ErrorModel)
+        self.last_headroom: tuple[float, float] | None = None
         # (step, sim_ids, losses on the module's device) of recent steps, this rank only;
         # losses reach the host and parameters are looked up at update time, once.
         self._obs: deque[tuple[int, np.ndarray, torch.Tensor]] = deque()
@@ -233,6 +235,12 @@ class ActiveSampling(Callback):
         if isinstance(dm.sampler, SteeredSampler):
             pl_module.log("active/bred_fraction", float(dm.sampler.last_bred_fraction))
             pl_module.log("active/generation", float(dm.sampler.generation))
+        estimate = getattr(dm.sampler, "headroom_estimate", None)
+        headroom = estimate(dm.space) if callable(estimate) else None
+        if headroom is not None:  # docs/steering.md, "Will steering pay on my study?"
+            self.last_headroom = headroom
+            pl_module.log("active/headroom", float(headroom[0]))
+            pl_module.log("active/headroom_snr", float(headroom[1]))
         if self.plot_every_n_updates and self.updates % self.plot_every_n_updates == 0:
             self._plot(trainer, dm, stats)
 

@@ -62,11 +62,16 @@ class ErrorModel(_SteeredSampler):
         non_breed: Space-filling sampler for the exploration share and everything before the
             first update; default ``Halton`` seeded from a seed derived from ``seed``.
         seed: As for :class:`~lightning_online.sampling.samplers.Sampler`.
+        self_check: Hold back by itself: at each update, compare the loss of the runs the
+            model chose with that of the exploration runs (the control); where the model's
+            runs are not harder, halve the share that follows the model (towards pure
+            ``non_breed``), and let it grow back when they are (docs/steering.md).
 
     Attributes:
         generation: Usable updates so far.
         last_bred_mask: Bool ``(n,)``, which rows of the last draw followed the model.
         last_bred_fraction: Their share.
+        headroom: ``(ratio, snr)`` of the last fit (see :meth:`headroom_estimate`), or None.
         model: The last fitted :class:`~lightning_online.sampling._gp.GaussianProcess`, or None.
     """
 
@@ -84,10 +89,20 @@ class ErrorModel(_SteeredSampler):
         memory: int = 20000,
         non_breed: Sampler | None = None,
         seed: int | None = None,
+        self_check: bool = False,
     ) -> None:
         self._configure(
             explore, beta, power, n_candidates, min_observed, min_runs, max_points, memory
         )
+        if not isinstance(self_check, bool):
+            raise ValueError(f"ErrorModel: self_check must be True or False, got {self_check!r}")
+        self.self_check = self_check
+        #: Share of the non-exploration draws that follow the model (1 unless the self-check
+        #: found the model's runs no harder than the exploration runs).
+        self.steer_share = 1.0
+        #: The self-check's last z score (steered minus exploration mean log loss over its
+        #: standard error), or None.
+        self.last_check: float | None = None
         super().__init__(seed, non_breed)
         if non_breed is None:
             self.non_breed = Halton(seed=seed_of([self._effective_seed, self._SEED_TAG]))
@@ -96,12 +111,15 @@ class ErrorModel(_SteeredSampler):
         self._points: np.ndarray | None = None  # parameters of the fitted runs
         self._values: np.ndarray | None = None  # log loss of the fitted runs
         self._drawn = np.zeros((0, 0))  # unit coordinates of recent draws
+        self._drawn_steered = np.zeros(0, dtype=bool)  # which of them followed the model
         self._fitted_generation = 0
         self._cand = np.zeros((0, 0))  # unit coordinates of this generation's candidates
         self._log_e = np.zeros(0)
         self._metric = np.zeros(0)  # per-dimension scale of the distance
         self._d_eff = 1
         self._dist = np.zeros(0)
+        self.headroom: tuple[float, float] | None = None
+        self._space: ParameterSpace | None = None  # of the last draw (the self-check's units)
 
     def _configure(
         self,
@@ -143,6 +161,8 @@ class ErrorModel(_SteeredSampler):
         if np.count_nonzero(ok) < self.min_runs:
             return None
         idx = np.flatnonzero(ok)
+        if self.self_check:
+            self._check(stats.parameters[idx], np.log(stats.loss[idx]))
         if len(idx) > self.max_points:
             idx = np.sort(self._rng.choice(idx, size=self.max_points, replace=False))
         self._points = np.array(stats.parameters[idx], dtype=np.float64)
@@ -150,12 +170,41 @@ class ErrorModel(_SteeredSampler):
         self.generation += 1
         return None
 
-    def _remember(self, unit: np.ndarray) -> None:
+    def _check(self, theta: np.ndarray, log_loss: np.ndarray) -> None:
+        """The self-check: are the runs the model chose harder than the exploration runs?
+
+        Each observed run is matched to the nearest remembered draw (within 0.02 in unit
+        coordinates); with at least 3 of each kind, ``z`` = (mean log loss of the steered runs
+        minus that of the exploration runs) / its standard error. ``z < 1``: the model's runs
+        are no harder than space-filling ones, so steering has nothing to find (or finds it
+        wrongly): the steered share halves (towards pure ``non_breed``); ``z > 2``: it grows
+        back by a quarter. The exploration runs are the held-out control."""
+        if not len(self._drawn) or self._drawn.shape[1] != theta.shape[1] or self._space is None:
+            return
+        unit = np.clip(self._space.to_unit(theta), 0.0, 1.0)
+        dist, j = cKDTree(self._drawn).query(unit)
+        known = dist < 0.02
+        kind = self._drawn_steered[j[known]]
+        ls, le = log_loss[known][kind], log_loss[known][~kind]
+        if len(ls) < 3 or len(le) < 3:
+            return
+        se = np.sqrt(ls.var(ddof=1) / len(ls) + le.var(ddof=1) / len(le)) + 1e-12
+        z = float((ls.mean() - le.mean()) / se)
+        self.last_check = z
+        if z < 1.0:
+            self.steer_share *= 0.5
+        elif z > 2.0:
+            self.steer_share = min(1.0, self.steer_share + 0.25)
+
+    def _remember(self, unit: np.ndarray, steered: bool = False) -> None:
         if not len(unit):
             return
         if self._drawn.shape[1] != unit.shape[1]:
             self._drawn = np.zeros((0, unit.shape[1]))
+            self._drawn_steered = np.zeros(0, dtype=bool)
         self._drawn = np.vstack([self._drawn, unit])[-self.memory :]
+        flags = np.concatenate([self._drawn_steered, np.full(len(unit), steered)])
+        self._drawn_steered = flags[-self.memory :]
         if len(self._dist):
             self._dist = np.minimum(self._dist, self._distance(self._cand, unit))
 
@@ -187,6 +236,25 @@ class ErrorModel(_SteeredSampler):
         self._d_eff = max(1, int(np.count_nonzero(gp.length_scale < 1.0)))
         self._dist = self._distance(self._cand, self._drawn)
         self._fitted_generation = self.generation
+        uniform = slice(0, self.n_candidates - n_local)  # the box, not the hard runs' vicinity
+        q50, q90 = np.percentile(mean[uniform], [50, 90])
+        self.headroom = (float(np.exp(q90 - q50)), float((q90 - q50) / np.mean(std[uniform])))
+
+    def headroom_estimate(self, space: ParameterSpace) -> tuple[float, float] | None:
+        """What steering could gain, from the last fitted model (None before the first update).
+
+        Returns ``(ratio, snr)``: ``ratio = exp(q90 - q50)`` of the model's mean log error
+        over the box, i.e. how much larger the predicted error of the hardest tenth of the box
+        is than the median (1: the error is even over the box, nothing to steer towards), and
+        ``snr`` = that log spread over the model's mean standard deviation (below ~1 the spread
+        is within the model's uncertainty). Fits the model now if the last update has not been
+        fitted yet (the same fit the next draw would make).
+        """
+        if self.generation < 1 or self._points is None:
+            return None
+        if self._fitted_generation != self.generation:
+            self._fit(space)
+        return self.headroom
 
     def _draw_before_update(self, space: ParameterSpace, n: int) -> np.ndarray:
         theta = super()._draw_before_update(space, n)
@@ -196,11 +264,13 @@ class ErrorModel(_SteeredSampler):
     def draw(self, space: ParameterSpace, n: int) -> np.ndarray:
         """Draw ``n`` rows: ``non_breed`` before the first update, then explore + acquisition."""
         n = self._check_draw(space, n)
+        self._space = space
         if self.generation < 1 or self._points is None:
             return self._draw_before_update(space, n)
         if self._fitted_generation != self.generation:
             self._fit(space)
-        n_explore = int(self._rng.binomial(n, self.explore)) if n else 0
+        follow = (1.0 - self.explore) * self.steer_share
+        n_explore = int(self._rng.binomial(n, 1.0 - follow)) if n else 0
         rest = self.non_breed.draw(space, n_explore)
         self._remember(np.clip(space.to_unit(rest), 0.0, 1.0))
         picked = np.empty((n - n_explore, space.dim))
@@ -210,12 +280,12 @@ class ErrorModel(_SteeredSampler):
                 score = weighted_error + self._d_eff * np.log(self._dist)
                 j = int(np.argmax(score))
                 picked[i] = self._cand[j]
-                self._remember(self._cand[j : j + 1])
+                self._remember(self._cand[j : j + 1], steered=True)
         steered = space.from_unit(picked)
         order = self._rng.permutation(n)
         theta = np.vstack([steered.reshape(n - n_explore, space.dim), rest])[order]
         self.last_bred_mask = (np.arange(n) < n - n_explore)[order]
-        self.last_bred_fraction = (n - n_explore) / n if n else 1.0 - self.explore
+        self.last_bred_fraction = (n - n_explore) / n if n else follow
         return theta
 
     def state_dict(self) -> dict[str, Any]:
@@ -229,6 +299,9 @@ class ErrorModel(_SteeredSampler):
             "min_runs": self.min_runs,
             "max_points": self.max_points,
             "memory": self.memory,
+            "self_check": self.self_check,
+            "steer_share": self.steer_share,
+            "drawn_steered": self._drawn_steered.tolist(),
             "points": None if self._points is None else self._points.tolist(),
             "values": None if self._values is None else self._values.tolist(),
             "drawn": self._drawn.tolist(),
@@ -258,6 +331,12 @@ class ErrorModel(_SteeredSampler):
         self._values = _saved_array(values)
         drawn = np.array(state["drawn"], dtype=np.float64)
         self._drawn = drawn if drawn.ndim == 2 else np.zeros((0, 0))
+        self.self_check = bool(state.get("self_check", False))
+        self.steer_share = float(state.get("steer_share", 1.0))
+        flags = np.array(state.get("drawn_steered", []), dtype=bool)
+        self._drawn_steered = (
+            flags if len(flags) == len(self._drawn) else np.zeros(len(self._drawn), dtype=bool)
+        )
         self._fitted_generation = int(state["fitted_generation"])
         theta = state["theta"]
         self._theta = _saved_array(theta)
@@ -274,5 +353,5 @@ class ErrorModel(_SteeredSampler):
             f"ErrorModel(explore={self.explore}, beta={self.beta}, power={self.power}, "
             f"n_candidates={self.n_candidates}, min_observed={self.min_observed}, "
             f"min_runs={self.min_runs}, max_points={self.max_points}, memory={self.memory}, "
-            f"non_breed={self.non_breed!r}, seed={self.seed!r})"
+            f"non_breed={self.non_breed!r}, seed={self.seed!r}, self_check={self.self_check})"
         )
