@@ -100,13 +100,21 @@ def started(solver: ExternalSolver, handler: Recorder, n_workers: int = 1, **kw)
     return pool
 
 
+def _cmdline(p: psutil.Process) -> str:
+    """A process's command line; empty once it has gone (it may end while we look)."""
+    try:
+        return " ".join(p.cmdline())
+    except psutil.NoSuchProcess:
+        return ""
+
+
 def programs_left() -> list[psutil.Process]:
     """This test's programs still running (wherever they were re-parented), after a short wait
     for the ones being killed right now."""
     marker = os.environ[MARKER]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        left = [p for p in solver_processes(marker) if "lo_ext" in " ".join(p.cmdline())]
+        left = [p for p in solver_processes(marker) if "lo_ext" in _cmdline(p)]
         if not left:
             return []
         time.sleep(0.05)

@@ -173,6 +173,7 @@ def test_a_study_of_a_melissa_solver_on_two_ranks(built):
         n_workers=2,
         buffer=FIFO(64, watermark=4),
         sampler=Halton(seed=0),
+        dtype="float64",  # the doubles melissa_send sends, compared exactly below
     )
     model = Recorder()
     trainer = pl.Trainer(

@@ -88,7 +88,10 @@ def assert_readable(raw: bytes, n_validations: int) -> None:
     lines = text.splitlines()
     assert sum(line.startswith("training: from step 0") for line in lines) == 1, text
     assert sum(line.startswith("validation at step ") for line in lines) == n_validations, text
-    assert any(re.match(r"step \d+/20 epoch \d+ \| .* steps/s \| train_loss=", x) for x in lines)
+    assert any(
+        re.match(r"step \d+(/\d+)? \| .* steps/s \| runs=\d+\+\d+/\d+ failed=\d+ buf=\d+%", x)
+        for x in lines
+    ), text
     assert "online study summary" in text
     said = Counter(x for x in lines if x.strip() and not set(x) <= set("-| "))
     assert not [x for x, n in said.items() if n > 1], said.most_common(5)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -164,6 +164,14 @@ _IDS = struct.Struct("<qq")  # sim_id and step, at bytes 8..24 of the header
 #: The fixed header every sample record starts with (magic, sim_id, step, n_fields: int64 each):
 #: the smallest record the receiver takes.
 HEADER_BYTES = 8 * _HEAD
+
+
+def set_record_ids(records: np.ndarray, sim_ids: Any, steps: Any) -> None:
+    """Write ``sim_ids`` and ``steps`` (scalars or one per row) into ``(k, size)`` uint8 sample
+    records, in place (a C-contiguous array)."""
+    ids = records[:, 8 : 8 + _IDS.size].view(np.int64)
+    ids[:, 0] = sim_ids
+    ids[:, 1] = steps
 
 
 def record_ids(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

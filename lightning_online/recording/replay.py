@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 
 from lightning_online._transport.pool import ReceiverPool
-from lightning_online._wire.samples import coalesce_limit, encode_sample
+from lightning_online._wire.samples import (
+    coalesce_limit,
+    encode_sample,
+    read_header,
+    set_record_ids,
+)
 from lightning_online.recording._h5 import open_read
 from lightning_online.recording.reader import RecordingIndex
 from lightning_online.sampling.samplers import ParameterSpace, Sampler
@@ -213,11 +218,7 @@ def _records(sim_id: int, steps: np.ndarray, fields: list[np.ndarray], bare: boo
     first = encode_sample(sim_id, int(steps[0]), tuple(a[0] for a in fields), bare)
     out = np.empty((n, len(first)), dtype=np.uint8)
     out[:] = first
-    ids = out[:, 8:24].view(np.int64)
-    ids[:, 0] = sim_id
-    ids[:, 1] = steps
-    from lightning_online._wire.samples import read_header
-
+    set_record_ids(out, sim_id, steps)
     _, layout = read_header(first)
     for a, fl in zip(fields, layout, strict=True):
         out[:, fl.offset : fl.offset + fl.nbytes] = (
