@@ -152,7 +152,8 @@ def test_faulty_runs_raise_with_the_cause_and_the_programs_output(args, kw, matc
     # same program (measured here, on this machine's load), plus any timeout the case sets;
     # never after the default connect_timeout (120 s).
     reference = healthy_run_seconds()
-    assert elapsed < 4 * reference + 2 * kw.get("connect_timeout", 0), (elapsed, reference)
+    # promptly: within a few healthy runs' time (10x: shared cores), never a timeout's length
+    assert elapsed < 10 * reference + 2 * kw.get("connect_timeout", 0), (elapsed, reference)
 
 
 def healthy_run_seconds() -> float:

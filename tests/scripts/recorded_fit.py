@@ -31,8 +31,14 @@ class Ready(Callback):
 
     def on_train_batch_end(self, trainer, *args):
         dm = trainer.datamodule
+        # after a checkpoint (every 5 steps) is on disk: never before the first one was written
+        saved = Path(sys.argv[1]) / "ckpt" / "last.ckpt"
         if not self.said and trainer.global_step % 5 == 1 and trainer.is_global_zero:
-            if dm.recording_stats["runs_in_file"] >= 4:
+            if (
+                trainer.global_step > 5
+                and saved.exists()
+                and dm.recording_stats["runs_in_file"] >= 4
+            ):
                 self.said = True
                 print("READY", flush=True)
 
