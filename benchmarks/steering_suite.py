@@ -230,11 +230,11 @@ def _sampler(method: str, seed: int) -> tuple[Any, bool]:
         return Uniform(seed=seed), False
     if method == "halton":
         return Halton(seed=seed), False
-    if method == "error_model":
+    if method in ("error_model", "error_model_snapped"):
         return ErrorModel(seed=seed), True
     if method == "em_selfcheck":
         return ErrorModel(seed=seed, self_check=True), True
-    if method == "em_drawn":  # ErrorModel() with the drawn parameters in its statistics
+    if method in ("em_drawn", "em_fresh"):  # the drawn parameters in its statistics
         return ErrorModel(seed=seed), True
     if method == "breed":
         return Breed(seed=seed, non_breed=Halton(seed=seed + 1000)), True
@@ -256,11 +256,12 @@ def study(
 ) -> dict[str, Any]:
     """One online study; returns the final and refit per-run held-out errors and the runs.
 
-    The statistics report each run at its pool point, except for ``em_selfcheck``, whose
-    self-check recognises its own draws: there they report the drawn parameters, as the
-    DataModule does (a run's data are its pool point's, at most the snapping distance away).
+    The statistics report each run at the parameters that were drawn for it, as the DataModule
+    does (its data are its pool point's, at most the snapping distance away);
+    ``error_model_snapped`` reports the pool point instead (how the first suite ran).
     """
-    drawn_stats = method in ("em_selfcheck", "em_drawn")
+    drawn_stats = method not in ("error_model_snapped",)
+    fresh = method == "em_fresh"
     from scipy.spatial import cKDTree
 
     from lightning_online import ParameterSpace
@@ -305,6 +306,9 @@ def study(
         total = STEPS
     trainer = Trainer(dim, n_field, seed, total)
     window: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=WINDOW)
+    served = np.zeros(budget * n_out, dtype=bool)  # em_fresh: sample ids served before
+    fresh_sum, fresh_n = np.zeros(len(pool)), np.zeros(len(pool), dtype=np.int64)
+    level: float | None = None  # em_fresh: running mean log loss of the batches
     unserved: list[int] = []  # fifo: sample ids (run position * n_out + frame)
     t0 = time.perf_counter()
     for step in range(total):
@@ -329,7 +333,24 @@ def study(
         t = ((frame + 1) / n_out)[:, None]
         x = np.hstack([pool[pidx], t]).astype(np.float32)
         per = trainer.step(x, pool_y[pidx, frame])
-        if steered:
+        if steered and fresh:
+            log_per = np.log(np.maximum(per, 1e-30))
+            level = float(log_per.mean()) if level is None else 0.9 * level + 0.1 * log_per.mean()
+            new = ~served[ids]
+            served[ids] = True
+            np.add.at(fresh_sum, pidx[new], log_per[new] - level)
+            np.add.at(fresh_n, pidx[new], 1)
+            if (step + 1) % UPDATE_EVERY == 0:
+                seen = np.flatnonzero(fresh_n)
+                sampler.update(
+                    SimulationStats(
+                        parameters=reported[seen],
+                        loss=np.exp(fresh_sum[seen] / fresh_n[seen]),
+                        loss_decrease=np.zeros(len(seen)),
+                        n_observed=fresh_n[seen],
+                    )
+                )
+        elif steered:
             window.append((pidx, per))
             if (step + 1) % UPDATE_EVERY == 0:
                 sampler.update(_stats(window, reported, SimulationStats))
@@ -497,7 +518,7 @@ def markdown(summary: dict[str, Any]) -> str:
     ]
     for key, entry in summary.items():
         on, rf = entry["online"], entry.get("refit", {})
-        for m in ("error_model", "em_drawn", "em_selfcheck", "em_min_runs6"):
+        for m in ("error_model", "em_drawn", "em_fresh", "em_selfcheck", "em_min_runs6"):
             if m not in on:
                 continue
             em = on[m]

@@ -63,6 +63,31 @@ def test_gp_fits_and_finds_the_irrelevant_dimension() -> None:
     assert std.shape == (500,) and np.all(std >= 0)
 
 
+def test_gp_prior_keeps_noise_from_being_explained_by_irrelevant_dimensions() -> None:
+    """Noisy losses in 6-D, only the first two dimensions matter (a disc 10x harder), as the
+    training losses of a steered study look. The prior finds the two; the gradient of the
+    penalised objective is still exact; starting from a flat earlier fit does not trap it."""
+    rng = np.random.default_rng(3)
+    x = rng.random((200, 6))
+    disc = np.hypot(x[:, 0] - 0.7, x[:, 1] - 0.7) < 0.22
+    y = np.log(np.where(disc, 10.0, 1.0)) + 0.8 * rng.normal(size=200)
+    gp = GaussianProcess(x, y, prior=True)
+    ell = gp.length_scale
+    assert np.all(ell[:2] < 0.6), ell
+    assert np.all(ell[2:] > 1.5), ell
+    plain = GaussianProcess(x, y).length_scale  # maximum likelihood: some noise "explained"
+    assert plain[2:].min() < 1.0, plain
+    theta = gp.theta + 0.2
+    numeric = approx_fprime(theta, lambda t: gp._nll(t)[0], 1e-6)
+    np.testing.assert_allclose(gp._nll(theta)[1], numeric, rtol=1e-3, atol=1e-3)
+    flat = np.array([np.log(5.0)] * 6 + [np.log(1e-2), np.log(2.0)])
+    again = GaussianProcess(x, y, start=flat, prior=True)
+    assert np.all(again.length_scale[:2] < 0.6), again.length_scale
+    probe = np.array([[0.7, 0.7, 0.1, 0.9, 0.5, 0.2], [0.2, 0.2, 0.1, 0.9, 0.5, 0.2]])
+    mean, _ = again.predict(probe)
+    assert mean[0] - mean[1] > 1.0  # the disc is predicted harder than outside it
+
+
 def test_gp_one_point_and_refusals() -> None:
     gp = GaussianProcess(np.array([[0.5, 0.5]]), np.array([2.0]))
     mean, _ = gp.predict(np.array([[0.5, 0.5]]))

@@ -28,9 +28,10 @@ __all__ = ["ErrorModel"]
 class ErrorModel(_SteeredSampler):
     """Steer by an error model: where the surrogate is predicted to be wrong, spread apart.
 
-    A Gaussian process (squared-exponential kernel, one length scale per dimension, fitted by
-    maximum marginal likelihood) is fitted at each update to the log of each observed run's
-    loss over the window, in unit coordinates. A draw of ``n`` rows then takes a random
+    A Gaussian process (squared-exponential kernel, one length scale per dimension; its
+    hyperparameters the maximum a posteriori under a log-normal prior on the length scales
+    that grows with the dimension, from the last fit and from a default start) is fitted at
+    each update to the log of each observed run's loss over the window, in unit coordinates. A draw of ``n`` rows then takes a random
     ``Binomial(n, explore)`` of them from ``non_breed`` (space filling, default ``Halton``) and
     the rest by the acquisition:
 
@@ -221,7 +222,7 @@ class ErrorModel(_SteeredSampler):
 
         assert self._points is not None and self._values is not None
         x = self._unit_points(space, self._points, "ErrorModel")
-        gp = GaussianProcess(x, self._values, start=self._theta)
+        gp = GaussianProcess(x, self._values, start=self._theta, prior=True)
         self.model = gp
         self._theta = gp.theta
         n_local = self.n_candidates // 4
