@@ -239,7 +239,11 @@ def _sampler(method: str, seed: int) -> tuple[Any, bool]:
     if method == "breed":
         return Breed(seed=seed, non_breed=Halton(seed=seed + 1000)), True
     if method.startswith("em_"):  # em_<key><value>, e.g. em_min_runs8
-        key = next(k for k in ("min_runs", "explore", "power", "beta") if method[3:].startswith(k))
+        key = next(
+            k
+            for k in ("min_runs", "min_snr", "explore", "power", "beta")
+            if method[3:].startswith(k)
+        )
         value = float(method[3 + len(key) :])
         kw = {key: int(value) if key == "min_runs" else value}
         return ErrorModel(seed=seed, **kw), True
@@ -487,6 +491,9 @@ def summarise(res: dict[str, Any]) -> tuple[list[list[Any]], dict[str, Any]]:
                         np.mean([_hard_share(r, np.asarray(hard)) for r in by_method[m]])
                     )
                 e["seeds"] = len(v["mean"])
+                hr = [r["headroom"] for r in by_method[m] if r.get("headroom")]
+                if hr:  # ErrorModel's own estimate at the end of the study (median)
+                    e["headroom_estimate"] = np.median(np.array(hr), axis=0).tolist()
                 entry.setdefault(kind, {})[m] = e
                 if kind == "online" or m in ("oracle", "error_model"):
                     rows.append(
@@ -540,6 +547,50 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def goals(summary: dict[str, Any], method: str = "error_model") -> str:
+    """The steering issue's goals for ``method``, one row per problem/regime/budget (Markdown).
+
+    Where the oracle's tail headroom (uniform / oracle on p95 or max) is at least 1.3: at least
+    half of the oracle's log-gain on that statistic, uniform / method >= 1.5 on the max and
+    >= 1.3 on p95, and >= 1.0 on the mean. Everywhere: the better of uniform and Halton /
+    method >= 0.95 on the mean, p95 and max (medians; the interval beside)."""
+    lines = [
+        "| problem / regime / budget | tail headroom, uniform / oracle: p95 / max "
+        "| uniform / method: mean (>= 1) / p95 (>= 1.3) / max (>= 1.5) "
+        "| share of the oracle's log-gain (>= 0.5) "
+        "| never 5 % worse: better of uniform, Halton / method: mean / p95 / max "
+        "| its headroom estimate: ratio / snr |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, entry in summary.items():
+        on = entry["online"]
+        if method not in on:
+            continue
+        e, orc = on[method], on.get("oracle")
+        tail = [s for s in ("p95", "max") if orc and orc[f"uni_over_{s}"] >= 1.3]
+        head = " / ".join(f"{orc[f'uni_over_{s}']:.2f}" for s in ("p95", "max")) if orc else "-"
+        if tail:
+            need = {"mean": 1.0, "p95": 1.3, "max": 1.5}
+            uni = " / ".join(
+                f"{e[f'uni_over_{s}']:.2f} {'met' if e[f'uni_over_{s}'] >= need[s] else 'missed'}"
+                for s in STATS
+            )
+            share = ", ".join(
+                f"{s} {e[f'share_{s}']:.2f} {'met' if e[f'share_{s}'] >= 0.5 else 'missed'}"
+                for s in tail
+            )
+        else:
+            uni = " / ".join(f"{e[f'uni_over_{s}']:.2f}" for s in STATS) + " (no tail headroom)"
+            share = "-"
+        worse = [s for s in STATS if e[f"best_over_{s}"][0] < 0.95]
+        never = " / ".join(_cell(e, s) for s in STATS)
+        never += f": missed on {', '.join(worse)}" if worse else ": met"
+        est = e.get("headroom_estimate")
+        est_cell = f"{est[0]:.2f} / {est[1]:.2f}" if est else "-"
+        lines.append(f"| {key} | {head} | {uni} | {share} | {never} | {est_cell} |")
+    return "\n".join(lines)
+
+
 HEADER = [
     "problem/regime/budget", "model", "method", "seeds",
     "best/method mean", "p95", "max", "uni/method mean", "p95", "max",
@@ -558,6 +609,9 @@ def main() -> None:
     p.add_argument("--merge", type=Path, nargs="+", default=None, help="no new studies")
     p.add_argument("--markdown", action="store_true", help="also the tables as Markdown")
     p.add_argument("--compact", action="store_true", help="keep 3 digits, no run lists")
+    p.add_argument(
+        "--goals", default=None, metavar="METHOD", help="also the issue's goals for METHOD"
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--name", default=None)
     a = p.parse_args()
@@ -605,6 +659,8 @@ def main() -> None:
     print(table(rows, HEADER))
     if a.markdown:
         print(markdown(summary))
+    if a.goals:
+        print(goals(summary, a.goals))
     _save_runs(res, a, summary=summary)
 
 

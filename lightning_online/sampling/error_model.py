@@ -63,6 +63,10 @@ class ErrorModel(_SteeredSampler):
         non_breed: Space-filling sampler for the exploration share and everything before the
             first update; default ``Halton`` seeded from a seed derived from ``seed``.
         seed: As for :class:`~lightning_online.sampling.samplers.Sampler`.
+        min_snr: Hold back where the model sees nothing: while the last fit's headroom
+            ``snr`` (:meth:`headroom_estimate`) is below this, every row comes from
+            ``non_breed``, as before the first update (a flat model's acquisition is a
+            farthest-point design, no better than Halton's; docs/steering.md). 0 disables it.
         self_check: Hold back by itself: at each update, compare the loss of the runs the
             model chose with that of the exploration runs (the control); where the model's
             runs are not harder, halve the share that follows the model (towards pure
@@ -91,6 +95,7 @@ class ErrorModel(_SteeredSampler):
         non_breed: Sampler | None = None,
         seed: int | None = None,
         self_check: bool = False,
+        min_snr: float = 1.0,
     ) -> None:
         self._configure(
             explore, beta, power, n_candidates, min_observed, min_runs, max_points, memory
@@ -98,6 +103,7 @@ class ErrorModel(_SteeredSampler):
         if not isinstance(self_check, bool):
             raise ValueError(f"ErrorModel: self_check must be True or False, got {self_check!r}")
         self.self_check = self_check
+        self.min_snr = check_real(min_snr, "min_snr", "ErrorModel", minimum=0)
         #: Share of the non-exploration draws that follow the model (1 unless the self-check
         #: found the model's runs no harder than the exploration runs).
         self.steer_share = 1.0
@@ -271,6 +277,9 @@ class ErrorModel(_SteeredSampler):
         if self._fitted_generation != self.generation:
             self._fit(space)
         follow = (1.0 - self.explore) * self.steer_share
+        if self.headroom is not None and self.headroom[1] < self.min_snr:
+            # the model sees nothing: the exploration sequence, in its order
+            return self._draw_before_update(space, n)
         n_explore = int(self._rng.binomial(n, 1.0 - follow)) if n else 0
         rest = self.non_breed.draw(space, n_explore)
         self._remember(np.clip(space.to_unit(rest), 0.0, 1.0))
@@ -301,6 +310,8 @@ class ErrorModel(_SteeredSampler):
             "max_points": self.max_points,
             "memory": self.memory,
             "self_check": self.self_check,
+            "min_snr": self.min_snr,
+            "headroom": None if self.headroom is None else list(self.headroom),
             "steer_share": self.steer_share,
             "drawn_steered": self._drawn_steered.tolist(),
             "points": None if self._points is None else self._points.tolist(),
@@ -333,6 +344,9 @@ class ErrorModel(_SteeredSampler):
         drawn = np.array(state["drawn"], dtype=np.float64)
         self._drawn = drawn if drawn.ndim == 2 else np.zeros((0, 0))
         self.self_check = bool(state.get("self_check", False))
+        self.min_snr = float(state.get("min_snr", 1.0))
+        headroom = state.get("headroom")
+        self.headroom = None if headroom is None else (float(headroom[0]), float(headroom[1]))
         self.steer_share = float(state.get("steer_share", 1.0))
         flags = np.array(state.get("drawn_steered", []), dtype=bool)
         self._drawn_steered = (
@@ -354,5 +368,6 @@ class ErrorModel(_SteeredSampler):
             f"ErrorModel(explore={self.explore}, beta={self.beta}, power={self.power}, "
             f"n_candidates={self.n_candidates}, min_observed={self.min_observed}, "
             f"min_runs={self.min_runs}, max_points={self.max_points}, memory={self.memory}, "
-            f"non_breed={self.non_breed!r}, seed={self.seed!r}, self_check={self.self_check})"
+            f"non_breed={self.non_breed!r}, seed={self.seed!r}, self_check={self.self_check}, "
+            f"min_snr={self.min_snr})"
         )
