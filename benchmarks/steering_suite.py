@@ -232,20 +232,22 @@ def _sampler(method: str, seed: int) -> tuple[Any, bool]:
         return Halton(seed=seed), False
     if method in ("error_model", "error_model_snapped"):
         return ErrorModel(seed=seed), True
-    if method == "em_selfcheck":
-        return ErrorModel(seed=seed, self_check=True), True
     if method in ("em_drawn", "em_fresh"):  # the drawn parameters in its statistics
         return ErrorModel(seed=seed), True
     if method == "breed":
         return Breed(seed=seed, non_breed=Halton(seed=seed + 1000)), True
-    if method.startswith("em_"):  # em_<key><value>, e.g. em_min_runs8
-        key = next(
-            k
-            for k in ("min_runs", "min_snr", "explore", "power", "beta")
-            if method[3:].startswith(k)
-        )
-        value = float(method[3 + len(key) :])
-        kw = {key: int(value) if key == "min_runs" else value}
+    if method.startswith("em_"):  # em_<key><value>[+<key><value>...], e.g. em_power0.5+min_snr0
+        kw: dict[str, Any] = {}
+        for part in method[3:].split("+"):
+            if part == "selfcheck":
+                kw["self_check"] = True
+                continue
+            keys = ("min_runs", "min_snr", "explore", "power", "beta")
+            key = next((k for k in keys if part.startswith(k)), None)
+            if key is None:
+                raise SystemExit(f"unknown method {method!r}")
+            value = float(part[len(key) :])
+            kw[key] = int(value) if key == "min_runs" else value
         return ErrorModel(seed=seed, **kw), True
     raise SystemExit(f"unknown method {method!r}")
 
@@ -512,6 +514,10 @@ def _cell(e: dict[str, Any], s: str) -> str:
     return f"{r:.2f} ({lo:.2f}-{hi:.2f})"
 
 
+def _method_order(m: str) -> tuple[int, str]:
+    return (0 if m == "error_model" else 1, m)
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """One row per problem/regime/budget and steered method: the oracle's headroom, the method
     (online and refit) against the better of uniform/Halton, its log-gain share, hard shares."""
@@ -525,9 +531,7 @@ def markdown(summary: dict[str, Any]) -> str:
     ]
     for key, entry in summary.items():
         on, rf = entry["online"], entry.get("refit", {})
-        for m in ("error_model", "em_drawn", "em_fresh", "em_selfcheck", "em_min_runs6"):
-            if m not in on:
-                continue
+        for m in sorted(set(on) - {"uniform", "halton", "oracle"}, key=_method_order):
             em = on[m]
             orc = on.get("oracle")
             head = " / ".join(f"{orc[f'uni_over_{s}']:.2f}" for s in STATS) if orc else "-"
