@@ -50,7 +50,15 @@ def test_suite_quick_reports_the_oracle_the_refit_and_the_shares(tmp_path):
     quick = str(tmp_path / "steering_suite_quick.json")
     for args in (
         ["--merge", quick, "--compact", "--name", "c"],
-        ["--merge", str(tmp_path / "c.json"), "--markdown", "--name", "m"],
+        [
+            "--merge",
+            str(tmp_path / "c.json"),
+            "--markdown",
+            "--goals",
+            "error_model",
+            "--name",
+            "m",
+        ],
     ):
         out = subprocess.run(
             [sys.executable, script, *args, "--out", str(tmp_path)],
@@ -58,6 +66,9 @@ def test_suite_quick_reports_the_oracle_the_refit_and_the_shares(tmp_path):
         )  # fmt: skip
         assert out.returncode == 0, out.stderr[-3000:]
     assert "| box6d/reservoir/24 | `error_model` |" in out.stdout
+    # the goals, one row per problem/regime, each "never 5 % worse" verdict given
+    goal_rows = [r for r in out.stdout.splitlines() if r.startswith("| box6d/")]
+    assert sum(": met" in r or ": missed on" in r for r in goal_rows) == 2, out.stdout
     again = json.loads((tmp_path / "m.json").read_text())["summary"]
     assert again["box6d/fifo/24"]["online"]["oracle"]["hard_share"] == pytest.approx(
         result["summary"]["box6d/fifo/24"]["online"]["oracle"]["hard_share"]
