@@ -42,12 +42,23 @@ def slurm_dir() -> Path | None:
     return Path(conf).parent if conf and (Path(conf).parent / "log").is_dir() else None
 
 
+#: States of a job that has not ended yet ("UNKNOWN": scontrol did not answer this time).
+NOT_ENDED = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "UNKNOWN")
+
+
 def job_state(job: str) -> str:
-    out = subprocess.run(
-        ["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=10
-    )
+    """The job's state; "GONE" once slurmctld has forgotten it (``MinJobAge`` after its end:
+    30 s on local-cluster.sh's cluster, so poll while it runs), "UNKNOWN" if scontrol failed."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=10
+        )
+    except subprocess.TimeoutExpired:
+        return "UNKNOWN"
     m = re.search(r"JobState=(\S+)", out.stdout)
-    return m.group(1) if m else "GONE"
+    if m:
+        return m.group(1)
+    return "GONE" if "Invalid job id" in out.stderr else "UNKNOWN"
 
 
 def wait_job(job: str, timeout: float) -> str:
@@ -55,7 +66,7 @@ def wait_job(job: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = job_state(job)
-        if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"):
+        if state not in NOT_ENDED:
             return state
         time.sleep(0.2)
     subprocess.run(["scancel", job], timeout=10)
