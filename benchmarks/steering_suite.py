@@ -238,11 +238,11 @@ def _sampler(method: str, seed: int) -> tuple[Any, bool]:
         return Breed(seed=seed, non_breed=Halton(seed=seed + 1000)), True
     if method.startswith("em_"):  # em_<key><value>[+<key><value>...], e.g. em_power0.5+min_snr0
         kw: dict[str, Any] = {}
+        keys = ("min_runs", "min_snr", "explore", "power", "beta")
         for part in method[3:].split("+"):
             if part == "selfcheck":
                 kw["self_check"] = True
                 continue
-            keys = ("min_runs", "min_snr", "explore", "power", "beta")
             key = next((k for k in keys if part.startswith(k)), None)
             if key is None:
                 raise SystemExit(f"unknown method {method!r}")

@@ -31,9 +31,9 @@ class ErrorModel(_SteeredSampler):
     A Gaussian process (squared-exponential kernel, one length scale per dimension; its
     hyperparameters the maximum a posteriori under a log-normal prior on the length scales
     that grows with the dimension, from the last fit and from a default start) is fitted at
-    each update to the log of each observed run's loss over the window, in unit coordinates. A draw of ``n`` rows then takes a random
-    ``Binomial(n, explore)`` of them from ``non_breed`` (space filling, default ``Halton``) and
-    the rest by the acquisition:
+    each update to the log of each observed run's loss over the window, in unit coordinates.
+    A draw of ``n`` rows then takes a random ``Binomial(n, explore)`` of them from
+    ``non_breed`` (space filling, default ``Halton``) and the rest by the acquisition:
 
     * predicted error ``e(x) = exp(mu(x) + beta * s(x))``, the model's mean plus ``beta`` of
       its standard deviation (uncertainty), on candidates drawn uniformly and around the runs
@@ -276,10 +276,10 @@ class ErrorModel(_SteeredSampler):
             return self._draw_before_update(space, n)
         if self._fitted_generation != self.generation:
             self._fit(space)
-        follow = (1.0 - self.explore) * self.steer_share
         if self.headroom is not None and self.headroom[1] < self.min_snr:
             # the model sees nothing: the exploration sequence, in its order
             return self._draw_before_update(space, n)
+        follow = (1.0 - self.explore) * self.steer_share
         n_explore = int(self._rng.binomial(n, 1.0 - follow)) if n else 0
         rest = self.non_breed.draw(space, n_explore)
         self._remember(np.clip(space.to_unit(rest), 0.0, 1.0))
